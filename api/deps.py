@@ -1,0 +1,39 @@
+"""FastAPI dependencies: what a route needs, taken from the app's state."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import redis.asyncio as aredis
+from fastapi import Depends, Path, Query, Request
+
+from api.auth import Principal, authenticate
+from api.dispatch import Dispatcher
+from common import keys
+from common.collections import Collection, aget
+from common.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_redis(request: Request) -> aredis.Redis:
+    return request.app.state.redis
+
+
+def get_dispatcher(request: Request) -> Dispatcher:
+    return request.app.state.dispatcher
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RedisDep = Annotated[aredis.Redis, Depends(get_redis)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+PrincipalDep = Annotated[Principal, Depends(authenticate)]
+CollectionName = Annotated[str, Path(pattern=keys.COLLECTION_NAME.pattern, max_length=64)]
+WaitWrite = Annotated[float, Query(ge=0, le=300, description="Seconds to wait for the job (0: 202 at once).")]
+
+
+async def load_collection(name: str, r: aredis.Redis, principal: Principal, *, write: bool) -> Collection:
+    principal.require(name, write=write)
+    return await aget(r, name)

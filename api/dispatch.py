@@ -1,0 +1,80 @@
+"""Submitting jobs and, for synchronous calls, waiting for them."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aredis
+from celery import Celery
+from fastapi.responses import JSONResponse
+
+from api.waiter import JobWaiter
+from common import errors, jobs
+from common.settings import Settings
+
+
+@dataclass(frozen=True)
+class Pending:
+    job_id: str
+    status: str = "queued"
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"job_id": self.job_id, "status": self.status,
+                             "status_url": f"/v1/jobs/{self.job_id}"}, status_code=202)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Dispatcher:
+    def __init__(self, r: aredis.Redis, celery: Celery, waiter: JobWaiter, settings: Settings) -> None:
+        self.r = r
+        self.celery = celery
+        self.waiter = waiter
+        self.settings = settings
+
+    async def send(self, task: str, job_id: str, kwargs: dict[str, Any]) -> None:
+        # kombu publishes synchronously; a worker thread keeps the event loop free (the pool is bounded).
+        await asyncio.to_thread(self.celery.send_task, task, kwargs=kwargs, task_id=job_id,
+                                queue=self.settings.queue)
+
+    async def submit(self, job_type: str, task: str, collection: str | None, kwargs: dict[str, Any], *,
+                     wait: float, scope: str = "", total: int | None = None,
+                     job_id: str | None = None) -> Any | Pending:
+        """Enqueue a job. With wait > 0, return its result (or raise its error) if it finishes in time;
+        otherwise, or with wait == 0, a Pending pointing at the job record."""
+        job_id = job_id or new_job_id()
+        wait = min(wait, self.settings.wait_max_s)
+        if wait <= 0:
+            await jobs.acreate(self.r, job_id, job_type, collection, ttl=self.settings.job_ttl_s, scope=scope,
+                               total=total)
+            await self.send(task, job_id, kwargs)
+            return Pending(job_id)
+        with self.waiter.slot():
+            future = self.waiter.register(job_id)
+            try:
+                await jobs.acreate(self.r, job_id, job_type, collection, ttl=self.settings.job_ttl_s,
+                                   scope=scope, watcher=self.waiter.channel, total=total)
+                await self.send(task, job_id, kwargs)
+            except BaseException:
+                self.waiter.unregister(job_id, future)
+                raise
+            outcome = await self.waiter.wait(job_id, future, wait)
+        if outcome is None:
+            raw = await jobs.aget(self.r, job_id)
+            return Pending(job_id, jobs.public(raw)["status"] if raw else "queued")
+        return result_of(outcome)
+
+
+def result_of(outcome: dict[str, Any]) -> Any:
+    """A finished job's result, or its error raised with the status that matches its cause."""
+    if outcome.get("status") == "succeeded":
+        return outcome.get("result")
+    error = outcome.get("error") or {"code": "internal", "message": "job failed", "field": None}
+    if outcome.get("status") == "canceled":
+        raise errors.Conflict("job was canceled", None)
+    raise errors.from_dict(error)

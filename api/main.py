@@ -1,0 +1,52 @@
+"""The HTTP API: `uvicorn api.main:app`. Knows HTTP and Redis; never imports faiss."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aredis
+from fastapi import FastAPI
+
+from api import errors
+from api.auth import load_keys
+from api.dispatch import Dispatcher
+from api.routes import collections, health, jobs, search, vectors
+from api.searcher import Searcher
+from api.waiter import JobWaiter
+from common.celery_app import make_celery
+from common.logs import setup_logging
+from common.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        r = aredis.Redis.from_url(settings.effective_redis_url, socket_connect_timeout=2,
+                                  health_check_interval=30, max_connections=256)
+        waiter = JobWaiter(r, settings.max_waiters)
+        await waiter.start()
+        dispatcher = Dispatcher(r, app.state.celery, waiter, settings)
+        app.state.redis, app.state.waiter, app.state.dispatcher = r, waiter, dispatcher
+        app.state.searcher = Searcher(dispatcher)
+        try:
+            yield
+        finally:
+            await waiter.stop()
+            await r.aclose()
+
+    setup_logging(settings.log_json)
+    app = FastAPI(title="vecq", version="0.1.0", lifespan=lifespan,
+                  description="Vector search over FAISS, run by Celery workers behind a Redis write-ahead log.")
+    app.state.settings = settings
+    app.state.celery = make_celery(settings)
+    app.state.api_keys = load_keys(settings)
+    errors.install(app)
+    for module in (health, collections, vectors, search, jobs):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+
+from api.auth import Principal
+from api.deps import PrincipalDep, RedisDep
+from common import jobs
+from common.errors import Conflict, NotFound
+from common.schemas import ErrorBody, Job
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
+                   responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+def visible(raw: dict[Any, Any] | None, principal: Principal) -> dict[Any, Any]:
+    """A job of another key's scope is indistinguishable from an unknown one."""
+    if raw is None:
+        raise NotFound("job not found (unknown or expired)", "job_id")
+    record = jobs.public(raw)
+    if not principal.may_read_job(jobs.scope_of(raw), record.get("collection")):
+        raise NotFound("job not found (unknown or expired)", "job_id")
+    return raw
+
+
+@router.get("/{job_id}", response_model=Job)
+async def get_job(job_id: JobId, request: Request, r: RedisDep, principal: PrincipalDep,
+                  wait: Annotated[float, Query(ge=0, le=300, description="Long-poll up to N seconds.")] = 0) -> Any:
+    raw = visible(await jobs.aget(r, job_id), principal)
+    record = jobs.public(raw)
+    if wait <= 0 or record["status"] in jobs.TERMINAL:
+        return record
+    waiter = request.app.state.waiter
+    with waiter.slot():
+        future = waiter.register(job_id)
+        now = await jobs.awatch(r, job_id, waiter.channel)
+        if now is None:
+            waiter.unregister(job_id, future)
+            raise NotFound("job not found (unknown or expired)", "job_id")
+        if jobs.public(now)["status"] not in jobs.TERMINAL:
+            await waiter.wait(job_id, future, wait)
+        else:
+            waiter.unregister(job_id, future)
+    return jobs.public(visible(await jobs.aget(r, job_id), principal))
+
+
+@router.delete("/{job_id}", status_code=202, responses={409: {"model": ErrorBody}})
+async def cancel_job(job_id: JobId, r: RedisDep, principal: PrincipalDep) -> Any:
+    raw = visible(await jobs.aget(r, job_id), principal)
+    principal.require(jobs.public(raw).get("collection"), write=True)
+    status = await jobs.acancel(r, job_id)
+    if status is None:
+        raise NotFound("job not found (unknown or expired)", "job_id")
+    if status != "canceled":
+        raise Conflict(f"job is {status}; only a queued job can be canceled", "job_id")
+    return jobs.public(await jobs.aget(r, job_id) or raw)

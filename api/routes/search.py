@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from api.deps import CollectionName, PrincipalDep, RedisDep, SettingsDep, load_collection
+from api.dispatch import Pending
+from api.strict_json import StrictJSONRoute
+from common import codec
+from common.errors import InvalidInput
+from common.schemas import ErrorBody, JobAccepted, SearchRequest, SearchResponse
+
+router = APIRouter(prefix="/v1/collections/{name}", tags=["search"], route_class=StrictJSONRoute,
+                   responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody},
+                              422: {"model": ErrorBody}})
+
+
+def query_matrix(body: SearchRequest, dim: int, max_queries: int) -> Any:
+    if (body.vector is None) == (body.vectors is None):
+        raise InvalidInput("give exactly one of vector or vectors", "vector")
+    rows = [body.vector] if body.vector is not None else body.vectors
+    assert rows is not None
+    field = "vector" if body.vector is not None else "vectors"
+    if len(rows) > max_queries:
+        raise InvalidInput(f"at most {max_queries} query vectors per request", field)
+    if body.vector is not None and len(body.vector) != dim:
+        raise InvalidInput(f"has dimension {len(body.vector)}, the collection's is {dim}", "vector")
+    return codec.matrix_from_rows(rows, dim, field)
+
+
+@router.post("/search", response_model=SearchResponse, response_model_exclude_unset=True,
+             responses={202: {"model": JobAccepted}})
+async def search(name: CollectionName, body: SearchRequest, request: Request, r: RedisDep,
+                 principal: PrincipalDep, settings: SettingsDep,
+                 wait: Annotated[float | None, Query(ge=0, le=300)] = None) -> Any:
+    """Search one or many query vectors. Waits up to `wait` seconds (default 30) for the hits; 202 with
+    the job link if they are not ready by then (the job goes on and stays fetchable)."""
+    col = await load_collection(name, r, principal, write=False)
+    if body.k > settings.max_k:
+        raise InvalidInput(f"k must be at most {settings.max_k}", "k")
+    if body.consistency == "session" and body.min_lsn is None:
+        raise InvalidInput("consistency 'session' needs min_lsn", "min_lsn")
+    queries = query_matrix(body, col.dim, settings.max_query_vectors)
+    searcher = request.app.state.searcher
+    outcome = await searcher.search(col, queries, body, principal.scope,
+                                    settings.search_wait_default_s if wait is None else wait)
+    return outcome.response() if isinstance(outcome, Pending) else outcome

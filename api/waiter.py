@@ -1,0 +1,142 @@
+"""Waiting for jobs without a thread per waiter: one pub/sub listener per API process.
+
+Each API process subscribes to its own channel. A waiter registers a future here, then adds the channel to
+the job's watchers (common/jobs.py); the worker's `finish` publishes the outcome to every watcher. The
+listener resolves futures by job id. If the subscription drops, every waiter re-reads its job record once
+the listener is back, and waits also re-read the record every few seconds: a lost message costs a delay,
+never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import redis.asyncio as aredis
+
+from common import jobs, keys
+from common.errors import Unavailable
+
+log = logging.getLogger("vecq.api")
+RECHECK: dict[str, Any] = {"recheck": True}
+RECHECK_EVERY_S = 5.0
+
+
+class JobWaiter:
+    def __init__(self, r: aredis.Redis, max_waiters: int) -> None:
+        self.r = r
+        self.listener_id = uuid.uuid4().hex
+        self.channel = keys.job_channel(self.listener_id)
+        self.max_waiters = max_waiters
+        self._futures: dict[str, set[asyncio.Future[dict[str, Any]]]] = {}
+        self._waiting = 0
+        self._task: asyncio.Task[None] | None = None
+        self.subscribed = asyncio.Event()
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    async def start(self, timeout: float = 2.0) -> None:
+        self._task = asyncio.create_task(self._listen(), name="vecq-job-listener")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.subscribed.wait(), timeout)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self.subscribed.set()
+                self._wake_all(RECHECK)  # anything published while we were away was missed
+                backoff = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=RECHECK_EVERY_S)
+                    if message is not None and message.get("type") == "message":
+                        self._dispatch(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.subscribed.clear()
+                log.warning("job listener lost its subscription (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _dispatch(self, data: bytes | str) -> None:
+        try:
+            outcome = json.loads(data)
+        except ValueError:
+            return
+        for future in self._futures.get(outcome.get("job_id", ""), ()):
+            if not future.done():
+                future.set_result(outcome)
+
+    def _wake_all(self, value: dict[str, Any]) -> None:
+        for futures in self._futures.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result(value)
+
+    @contextlib.contextmanager
+    def slot(self):  # type: ignore[no-untyped-def]
+        """Count a waiting request; 503 beyond max_waiters so one process cannot be drowned."""
+        if self._waiting >= self.max_waiters:
+            raise Unavailable(f"more than {self.max_waiters} requests waiting in this API process", None)
+        self._waiting += 1
+        try:
+            yield
+        finally:
+            self._waiting -= 1
+
+    def register(self, job_id: str) -> asyncio.Future[dict[str, Any]]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._futures.setdefault(job_id, set()).add(future)
+        return future
+
+    def unregister(self, job_id: str, future: asyncio.Future[dict[str, Any]]) -> None:
+        futures = self._futures.get(job_id)
+        if futures is not None:
+            futures.discard(future)
+            if not futures:
+                del self._futures[job_id]
+
+    async def wait(self, job_id: str, future: asyncio.Future[dict[str, Any]], timeout: float) -> dict[str, Any] | None:
+        """The finished job's outcome ({job_id, status, result|error}), or None when `timeout` runs out."""
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                try:
+                    outcome = await asyncio.wait_for(asyncio.shield(future), min(remaining, RECHECK_EVERY_S))
+                except TimeoutError:
+                    outcome = RECHECK
+                if outcome is not RECHECK:
+                    return outcome
+                raw = await jobs.aget(self.r, job_id)
+                if raw is None:
+                    return None
+                record = jobs.public(raw)
+                if record["status"] in jobs.TERMINAL:
+                    return record
+                if future.done():
+                    self.unregister(job_id, future)
+                    future = self.register(job_id)
+        finally:
+            self.unregister(job_id, future)

@@ -1,0 +1,55 @@
+"""The one Celery configuration, shared by the API (which only sends) and the workers (which run)."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from common.settings import Settings, get_settings
+
+# Stable task names: the API, `vecq ingest` and any Python producer send these by name.
+SEARCH = "vecq.search"
+ADD = "vecq.add"
+DELETE = "vecq.delete"
+GET = "vecq.get"
+CREATE_COLLECTION = "vecq.create_collection"
+INGEST = "vecq.ingest"
+SNAPSHOT = "vecq.snapshot"
+PURGE = "vecq.purge"
+POISON = "vecq.test.poison"
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    url = settings.effective_redis_url
+    app = Celery("vecq", broker=url, backend=url)
+    # Unacked messages come back after the visibility timeout: it must outlast the longest job.
+    transport = {"visibility_timeout": settings.task_time_limit_s + 600}
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],  # never pickle: a message must not be able to run code when decoded
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,  # a killed child's job is redelivered; jobs.claim bounds the loop
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,  # outcomes live in vecq's own job records (common/jobs.py)
+        result_expires=settings.job_ttl_s,
+        task_time_limit=settings.task_time_limit_s,
+        task_soft_time_limit=max(settings.task_time_limit_s - 30, 5),
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        worker_proc_alive_timeout=settings.worker_init_timeout_s,
+        task_default_queue=settings.queue,
+        task_create_missing_queues=True,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,  # vecq logs to stderr itself (common/logs.py)
+        # Fail fast when Redis is down: the API answers 503 instead of hanging in a publish retry loop.
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
+                                   "interval_max": 0.5},
+        broker_connection_timeout=2,
+        redis_socket_connect_timeout=2,
+    )
+    return app

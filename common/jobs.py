@@ -1,0 +1,194 @@
+"""Job records: `vecq:job:{id}` hashes and their watcher sets. Only this module writes them.
+
+A record outlives Celery's message: it is what `GET /v1/jobs/{id}` shows, it expires after the job TTL
+(then the id is a 404, never an eternal PENDING), and it is where a finished job is announced. Waiters add
+their API process's channel to the job's watchers; `finish` sets the final state and publishes it to every
+watcher in one Lua script, so a waiter either finds the job finished or is told when it finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import StrEnum
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+
+from common import keys
+
+TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+
+
+class Claim(StrEnum):
+    RUN = "run"
+    SKIP = "skip"  # finished or canceled already: a redelivery or a canceled job
+    POISONED = "poisoned"  # delivered too many times: marked failed, never run again
+
+
+def _now() -> str:
+    return f"{time.time():.6f}"
+
+
+def _decode(raw: dict[Any, Any]) -> dict[str, str]:
+    return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in raw.items()}
+
+
+def public(raw: dict[Any, Any]) -> dict[str, Any]:
+    """The record as the API shows it."""
+    d = _decode(raw)
+    out: dict[str, Any] = {
+        "job_id": d.get("job_id"),
+        "type": d.get("type"),
+        "collection": d.get("collection") or None,
+        "status": d.get("status"),
+        "submitted_at": _float(d.get("submitted_at")),
+        "started_at": _float(d.get("started_at")),
+        "finished_at": _float(d.get("finished_at")),
+        "attempts": int(d.get("attempts") or 0),
+        "worker": d.get("worker") or None,
+    }
+    if d.get("progress_total"):
+        out["progress"] = {"done": int(d.get("progress_done") or 0), "total": int(d["progress_total"])}
+    if d.get("result"):
+        out["result"] = json.loads(d["result"])
+    if d.get("error"):
+        out["error"] = json.loads(d["error"])
+    return out
+
+
+def scope_of(raw: dict[Any, Any]) -> str:
+    return _decode(raw).get("scope", "")
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+def _initial(job_id: str, job_type: str, collection: str | None, scope: str, total: int | None) -> dict[str, str]:
+    fields = {"job_id": job_id, "type": job_type, "collection": collection or "", "status": "queued",
+              "submitted_at": _now(), "scope": scope, "attempts": "0"}
+    if total is not None:
+        fields.update(progress_total=str(total), progress_done="0")
+    return fields
+
+
+async def acreate(r: aredis.Redis, job_id: str, job_type: str, collection: str | None, *, ttl: int,
+                  scope: str = "", watcher: str | None = None, total: int | None = None) -> None:
+    async with r.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.job(job_id), mapping=_initial(job_id, job_type, collection, scope, total))
+        pipe.expire(keys.job(job_id), ttl)
+        if watcher:
+            pipe.sadd(keys.job_watchers(job_id), watcher)
+            pipe.expire(keys.job_watchers(job_id), ttl)
+        await pipe.execute()
+
+
+def create(r: redis.Redis, job_id: str, job_type: str, collection: str | None, *, ttl: int,
+           scope: str = "", total: int | None = None) -> None:
+    with r.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.job(job_id), mapping=_initial(job_id, job_type, collection, scope, total))
+        pipe.expire(keys.job(job_id), ttl)
+        pipe.execute()
+
+
+async def aget(r: aredis.Redis, job_id: str) -> dict[Any, Any] | None:
+    raw = await r.hgetall(keys.job(job_id))
+    return raw or None
+
+
+def get(r: redis.Redis, job_id: str) -> dict[Any, Any] | None:
+    return r.hgetall(keys.job(job_id)) or None
+
+
+_WATCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], redis.call('TTL', KEYS[1]))
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+async def awatch(r: aredis.Redis, job_id: str, channel: str) -> dict[str, str] | None:
+    """Register a waiter and read the record in one step (no lost wake-up between the two)."""
+    flat = await r.eval(_WATCH, 2, keys.job(job_id), keys.job_watchers(job_id), channel)
+    return None if flat is None else _decode(dict(zip(flat[::2], flat[1::2], strict=True)))
+
+
+# A record missing at claim time was submitted straight to Celery (no API): create it so it can be read.
+_CLAIM = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+  redis.call('HSET', KEYS[1], 'job_id', ARGV[5], 'type', ARGV[6], 'collection', ARGV[7],
+             'submitted_at', ARGV[2], 'attempts', '0')
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+elseif status == 'succeeded' or status == 'failed' or status == 'canceled' then
+  return 'skip'
+end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if attempts > tonumber(ARGV[3]) then return 'poisoned' end
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[1])
+return 'run'
+"""
+
+
+def claim(r: redis.Redis, job_id: str, *, worker: str, max_attempts: int, ttl: int, job_type: str,
+          collection: str | None) -> Claim:
+    outcome = r.eval(_CLAIM, 1, keys.job(job_id), worker, _now(), max_attempts, ttl, job_id, job_type,
+                     collection or "")
+    return Claim(outcome.decode() if isinstance(outcome, bytes) else outcome)
+
+
+_FINISH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'succeeded' or status == 'failed' or status == 'canceled' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], ARGV[3], ARGV[4])
+for _, channel in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('PUBLISH', channel, ARGV[5]) end
+return 1
+"""
+
+
+def finish(r: redis.Redis, job_id: str, *, result: Any = None, error: dict[str, Any] | None = None) -> bool:
+    """Set the terminal state once and tell the watchers. False if it was already terminal."""
+    status = "failed" if error is not None else "succeeded"
+    field, value = ("error", error) if error is not None else ("result", result)
+    payload = json.dumps(value, separators=(",", ":"))
+    message = json.dumps({"job_id": job_id, "status": status, field: value}, separators=(",", ":"))
+    done = r.eval(_FINISH, 2, keys.job(job_id), keys.job_watchers(job_id), status, _now(), field, payload,
+                  message)
+    return bool(done)
+
+
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return nil end
+if status ~= 'queued' then return status end
+redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
+for _, channel in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('PUBLISH', channel, ARGV[2]) end
+return 'canceled'
+"""
+
+
+async def acancel(r: aredis.Redis, job_id: str) -> str | None:
+    """Cancel a job still queued. Returns the status it had if it was no longer queued, None if unknown."""
+    message = json.dumps({"job_id": job_id, "status": "canceled",
+                          "error": {"code": "canceled", "message": "job canceled", "field": None}})
+    out = await r.eval(_CANCEL, 2, keys.job(job_id), keys.job_watchers(job_id), _now(), message)
+    return None if out is None else (out.decode() if isinstance(out, bytes) else out)
+
+
+_PROGRESS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('HINCRBY', KEYS[1], 'progress_done', ARGV[1])
+"""
+
+
+def add_progress(r: redis.Redis, job_id: str, done: int) -> int:
+    return int(r.eval(_PROGRESS, 1, keys.job(job_id), done))
+
+
+def set_total(r: redis.Redis, job_id: str, total: int) -> None:
+    r.hset(keys.job(job_id), mapping={"progress_total": str(total), "progress_done": "0"})

@@ -1,0 +1,81 @@
+"""All of vecq's configuration, read once from `VECQ_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VECQ_", extra="ignore")
+
+    # Wiring
+    redis_url: str | None = Field(
+        None, description="Broker, results, WAL. Unset: `vecq up` starts an embedded Redis in the data dir."
+    )
+    data_dir: Path = Field(Path("data"), description="Snapshots and the embedded Redis's files.")
+    workers: int = Field(os.cpu_count() or 1, ge=1, description="Worker processes `vecq up` starts.")
+    api_host: str = Field("127.0.0.1", description="Where `vecq up` binds the API.")
+    api_port: int = Field(8000, description="Port of the API under `vecq up`.")
+    api_keys: str = Field(
+        "", description="Comma-separated API keys, `key` or `key:glob:rw|ro`; empty = open (no auth)."
+    )
+    api_keys_file: Path | None = Field(None, description="A file with one key spec per line (as api_keys).")
+    queue: str = Field("vecq", description="Celery queue the workers consume.")
+
+    # FAISS tuning (applied in each worker child before the first search)
+    omp_threads: int = Field(1, ge=1, description="OpenMP threads per worker process.")
+    blas_threshold: int = Field(
+        16 * 128, ge=0, description="faiss.cvar.distance_compute_blas_threshold (nq*d) in workers."
+    )
+
+    # Jobs and waiting
+    job_ttl_s: int = Field(86_400, ge=1, description="How long job records stay readable.")
+    search_wait_default_s: float = Field(30.0, ge=0, description="Default `wait` of synchronous search.")
+    wait_max_s: float = Field(300.0, ge=0, description="Largest `wait` accepted anywhere.")
+    max_waiters: int = Field(4096, ge=1, description="Requests one API process may hold waiting (503 beyond).")
+    max_attempts: int = Field(3, ge=1, description="Deliveries of a job before it is failed (poison jobs).")
+    task_time_limit_s: int = Field(1800, ge=10, description="Hard time limit of one job.")
+    worker_init_timeout_s: float = Field(
+        600.0, ge=4, description="worker_proc_alive_timeout: above the slowest index load at start."
+    )
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="How often a worker child beats.")
+    heartbeat_ttl_s: float = Field(10.0, gt=0, description="A worker that has not beaten for this long is gone.")
+
+    # Limits
+    max_dim: int = Field(4096, ge=1)
+    max_k: int = Field(1000, ge=1)
+    max_query_vectors: int = Field(1000, ge=1, description="Query vectors per search request.")
+    max_vectors_per_request: int = Field(10_000, ge=1, description="Vectors per JSON add request.")
+    max_id_length: int = Field(256, ge=1)
+    max_metadata_bytes: int = Field(65_536, ge=2)
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="JSON request bodies (413 beyond).")
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1024, description="Binary uploads (.npy, Parquet).")
+    max_collections: int = Field(1000, ge=1)
+
+    # Write path
+    wal_chunk_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Vector bytes per WAL entry.")
+    snapshot_every_entries: int = Field(256, ge=1, description="WAL entries since last snapshot that trigger one.")
+    snapshot_every_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+
+    # Coalescing of concurrent searches (per API process)
+    coalesce: bool = Field(True, description="Batch concurrent searches of one collection into one job.")
+    coalesce_max_batch: int = Field(256, ge=1, description="Query vectors per coalesced job.")
+    coalesce_max_delay_ms: float = Field(2.0, ge=0, description="Longest a search waits to join a batch.")
+
+    # Logging / testing
+    log_json: bool = Field(False, description="JSON log lines.")
+    enable_test_tasks: bool = Field(False, description="Registers test-only tasks (poison). Never in production.")
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or "redis://127.0.0.1:6379/0"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,69 @@
+"""The `vecq` command: `vecq up` runs the whole stack."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from common.settings import get_settings
+from vecq.stack import Stack
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    data_dir = Path(settings.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stack = Stack(data_dir=data_dir, redis_url=settings.redis_url, log_dir=None)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        if stack.redis_url is None:
+            url = stack.start_redis()
+            print(f"vecq: embedded Redis at {url} (AOF in {data_dir / 'redis'})", flush=True)
+        else:
+            print(f"vecq: using Redis at {stack.redis_url}", flush=True)
+        for i in range(args.workers or settings.workers):
+            stack.start_worker(i + 1)
+        api = stack.start_api(settings.api_host, settings.api_port)
+        print(f"vecq: {len(stack.workers)} workers starting; API at {api} (docs: {api}/docs)", flush=True)
+        stack.wait_ready(timeout=120)
+        print(f"vecq: ready — {api}/readyz is 200. Ctrl-C stops everything.", flush=True)
+        while not stop.wait(0.5):
+            dead = [p.name for p in [stack.api, *stack.workers] if p is not None and not p.alive()]
+            if dead:
+                print(f"vecq: {', '.join(dead)} exited; stopping", file=sys.stderr, flush=True)
+                return 1
+        return 0
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"vecq: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        print("vecq: stopping…", flush=True)
+        stack.stop()
+        print("vecq: stopped", flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vecq", description="vecq vector search service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run Redis (embedded unless VECQ_REDIS_URL), workers and the API")
+    up.add_argument("--workers", type=int, default=None, help="worker processes (default: VECQ_WORKERS)")
+    up.set_defaults(func=cmd_up)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""One collection's FAISS index copy inside one worker process, and how WAL entries change it.
+
+Positions (FAISS's sequential ids) are assigned in log order, one `add` call per WAL entry, so every
+copy that applies the same entries builds the same index. Upserts and deletes leave tombstones that
+search excludes with an IDSelector, which works for Flat and HNSW alike (HNSW cannot remove).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faiss
+import numpy as np
+
+from common.codec import ZERO_LSN, Lsn, normalized
+from common.collections import Collection
+from common.errors import InvalidInput
+from common.wal import Entry
+
+_METRICS = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT, "cosine": faiss.METRIC_INNER_PRODUCT}
+
+
+def build_index(dim: int, metric: str, description: str) -> faiss.Index:
+    """An empty index, or InvalidInput naming `index` when FAISS refuses the description or needs training."""
+    try:
+        index = faiss.index_factory(dim, description, _METRICS[metric])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "refused"
+        raise InvalidInput(f"FAISS cannot build index {description!r}: {first}", "index") from None
+    if not index.is_trained:
+        raise InvalidInput(f"index {description!r} needs training, which vecq does not support yet", "index")
+    if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2):
+        raise InvalidInput("IDMap is managed by vecq; give the index without it", "index")
+    return index
+
+
+def search_parameters(index: faiss.Index, params: dict[str, Any], selector: faiss.IDSelector | None):
+    """Per-query parameters as SearchParameters, never by mutating the shared index."""
+    unknown = set(params) - {"efSearch", "nprobe"}
+    if unknown:
+        raise InvalidInput(f"unknown search parameter {sorted(unknown)[0]!r}", f"params.{sorted(unknown)[0]}")
+    if isinstance(index, faiss.IndexHNSW):
+        if "nprobe" in params:
+            raise InvalidInput("nprobe applies to IVF indexes only", "params.nprobe")
+        sp = faiss.SearchParametersHNSW()
+        if "efSearch" in params:
+            sp.efSearch = int(params["efSearch"])
+    elif isinstance(index, faiss.IndexIVF):
+        if "efSearch" in params:
+            raise InvalidInput("efSearch applies to HNSW indexes only", "params.efSearch")
+        sp = faiss.SearchParametersIVF()
+        if "nprobe" in params:
+            sp.nprobe = int(params["nprobe"])
+    else:
+        if params:
+            name = sorted(params)[0]
+            raise InvalidInput(f"{name} does not apply to this index", f"params.{name}")
+        if selector is None:
+            return None
+        sp = faiss.SearchParameters()
+    if selector is not None:
+        sp.sel = selector
+    return sp
+
+
+class CollectionIndex:
+    def __init__(self, col: Collection, index: faiss.Index | None = None) -> None:
+        self.col = col
+        self.index = index if index is not None else build_index(col.dim, col.metric, col.index)
+        self.ids: list[str | None] = []  # position -> external id (None once tombstoned)
+        self.position: dict[str, int] = {}  # live external id -> position
+        self.dead: set[int] = set()
+        self.applied: Lsn = ZERO_LSN
+        self.trim_mark: Lsn = ZERO_LSN
+        self._selector: tuple[Any, Any] | None = None  # (IDSelectorNot, IDSelectorBatch): both kept alive
+
+    @property
+    def count(self) -> int:
+        return len(self.position)
+
+    def apply(self, entry: Entry) -> None:
+        if entry.op == "add":
+            self._add(entry.ids, np.frombuffer(entry.vectors, dtype="<f4").reshape(-1, self.col.dim))
+        elif entry.op == "del":
+            for vid in entry.ids:
+                pos = self.position.pop(vid, None)
+                if pos is not None:
+                    self._bury(pos)
+        self.applied = entry.lsn
+
+    def _add(self, ids: list[str], vectors: np.ndarray) -> None:
+        start = self.index.ntotal
+        for vid in ids:
+            old = self.position.get(vid)
+            if old is not None:
+                self._bury(old)
+        self.index.add(vectors)
+        self.ids.extend(ids)
+        for offset, vid in enumerate(ids):
+            self.position[vid] = start + offset
+
+    def _bury(self, pos: int) -> None:
+        self.dead.add(pos)
+        self.ids[pos] = None
+        self._selector = None
+
+    def selector(self) -> faiss.IDSelector | None:
+        if not self.dead:
+            return None
+        if self._selector is None:
+            dead = np.fromiter(self.dead, dtype=np.int64, count=len(self.dead))
+            batch = faiss.IDSelectorBatch(len(dead), faiss.swig_ptr(dead))
+            self._selector = (faiss.IDSelectorNot(batch), batch)
+        return self._selector[0]
+
+    def prepare_queries(self, queries: np.ndarray) -> np.ndarray:
+        if queries.shape[1] != self.col.dim:
+            raise InvalidInput(f"query dimension {queries.shape[1]} != collection's {self.col.dim}", "vectors")
+        return normalized(queries) if self.col.metric == "cosine" else np.ascontiguousarray(queries)
+
+    def search(self, queries: np.ndarray, k: int, params: dict[str, Any]) -> list[list[tuple[str, float, int]]]:
+        """Best-first (id, score, position) per query; never a -1 or a tombstone."""
+        q = self.prepare_queries(queries)
+        sp = search_parameters(self.index, params, self.selector())
+        if self.index.ntotal == 0 or not self.position:
+            return [[] for _ in range(len(q))]
+        k_eff = min(k, self.index.ntotal)
+        distances, labels = self.index.search(q, k_eff, params=sp)
+        out: list[list[tuple[str, float, int]]] = []
+        for drow, lrow in zip(distances, labels, strict=True):
+            hits = []
+            for d, pos in zip(drow.tolist(), lrow.tolist(), strict=True):
+                if pos < 0:
+                    continue
+                vid = self.ids[pos]
+                if vid is not None:
+                    hits.append((vid, d, pos))
+            out.append(hits)
+        return out
+
+    def vector(self, pos: int) -> list[float]:
+        return self.index.reconstruct(int(pos)).tolist()
+
+    def live_vectors(self) -> tuple[list[str], np.ndarray]:
+        """Live ids and their vectors in position order: what a compacted snapshot keeps."""
+        positions = sorted(self.position.values())
+        if not positions:
+            return [], np.zeros((0, self.col.dim), dtype=np.float32)
+        every = self.index.reconstruct_n(0, self.index.ntotal)
+        ids = [self.ids[p] for p in positions]
+        return ids, every[positions]  # type: ignore[return-value]
+
+    def compacted(self) -> CollectionIndex:
+        """A copy without tombstones: live vectors re-added in position order."""
+        fresh = CollectionIndex(self.col)
+        ids, vectors = self.live_vectors()
+        if ids:
+            fresh._add(ids, vectors)  # type: ignore[arg-type]
+        fresh.applied, fresh.trim_mark = self.applied, self.trim_mark
+        return fresh

@@ -1,0 +1,64 @@
+"""Worker process lifecycle: load indexes after the fork, beat while alive, say goodbye on shutdown.
+
+The Celery main process never loads or searches an index: libgomp is not fork-safe, and a child forked
+after its parent ran an OpenMP search hangs on its first search (faiss#5206). All FAISS work happens in the
+children, from worker_process_init on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import faiss
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from common import heartbeat
+from common.logs import setup_logging
+from common.settings import get_settings
+from worker import state
+
+log = logging.getLogger("vecq.worker")
+
+
+@worker_process_init.connect
+def _init(**_: object) -> None:
+    settings = get_settings()
+    setup_logging(settings.log_json)
+    faiss.omp_set_num_threads(settings.omp_threads)
+    faiss.cvar.distance_compute_blas_threshold = settings.blas_threshold
+    st = state.init(settings)
+    _beat(st)  # visible (and ready) before the possibly long load
+    st.registry.load_all()
+    _beat(st)
+    threading.Thread(target=_beat_forever, args=(st,), name="vecq-heartbeat", daemon=True).start()
+    log.info("worker %s ready: %d collections", st.worker, len(st.registry.copies))
+
+
+@worker_process_shutdown.connect
+def _shutdown(**_: object) -> None:
+    try:
+        st = state.current()
+        st.stopping = True
+        heartbeat.stop(st.r, st.worker)
+    except Exception:  # shutting down: nothing left to report to
+        pass
+
+
+def _info(st: state.ProcessState) -> dict[str, object]:
+    return {"host": st.host, "pid": st.pid, "started_at": st.started_at, "jobs_done": st.jobs_done,
+            "last_job": st.last_job, "collections": st.registry.summary()}
+
+
+def _beat(st: state.ProcessState) -> None:
+    heartbeat.beat(st.r, st.worker, _info(st), st.settings.heartbeat_ttl_s)
+
+
+def _beat_forever(st: state.ProcessState) -> None:
+    # Only reads plain Python values and talks to Redis: never touches FAISS from this thread.
+    stop = threading.Event()
+    while not st.stopping and not stop.wait(st.settings.heartbeat_interval_s):
+        try:
+            _beat(st)
+        except Exception:
+            log.warning("heartbeat failed", exc_info=True)
