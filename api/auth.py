@@ -1,8 +1,13 @@
 """API keys: `Authorization: Bearer <key>` or `X-API-Key`. Open when no key is configured.
 
 A key spec is `key` (every collection, read and write) or `key:glob:rw|ro`, e.g. `s3cret:team-a-*:ro`.
-Keys come from VECQ_API_KEYS (comma-separated) and/or VECQ_API_KEYS_FILE (one spec per line) and are
-never logged; job records remember the scope (a digest of the key) that submitted them.
+Keys come from VECQ_API_KEYS (comma-separated) and/or VECQ_API_KEYS_FILE (one spec per line, `#` comments).
+Only SHA-256 digests of the keys are kept in memory and compared, each in constant time; no key is ever
+logged or echoed in an error. Job records remember the scope (a digest of the key) that submitted them.
+
+Every `/v1` request is checked by `KeyCheck`, a pure ASGI middleware, before anything reads its body: an
+anonymous client cannot make the API parse or buffer a byte. Routes then ask the `Principal` whether it may
+use a collection (glob) and write (rw) with `Principal.require`.
 """
 
 from __future__ import annotations
@@ -10,13 +15,25 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPBearer
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.errors import error_response
 from common.errors import Forbidden, InvalidInput, Unauthorized
 from common.settings import Settings
+
+PRINCIPAL_SCOPE_KEY = "vecq.principal"  # where KeyCheck leaves the authenticated principal in the ASGI scope
+PROTECTED_PREFIX = "/v1"
+# Printable ASCII without the spec separators (`,` `:`), whitespace or `#`: a key survives any header or file.
+KEY_CHARS = re.compile(r"^[!-~]+$")
+KEY_FORBIDDEN = set(",:#")
 
 
 @dataclass(frozen=True)
@@ -44,47 +61,114 @@ class Principal:
 OPEN = Principal(scope="")
 
 
-def parse_specs(text: str) -> list[tuple[str, Principal]]:
-    out: list[tuple[str, Principal]] = []
-    for raw in text.replace("\n", ",").split(","):
-        spec = raw.strip()
-        if not spec or spec.startswith("#"):
-            continue
+def digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+
+def scope_of_key(key: str) -> str:
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class KeyRing:
+    """The configured keys as digests. Comparing fixed-length digests leaks neither a key's bytes nor its
+    length through timing, and every entry is compared (no early exit), so the position of a match leaks
+    nothing either."""
+
+    def __init__(self, entries: list[tuple[bytes, Principal]]) -> None:
+        self._entries = entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"KeyRing({len(self._entries)} keys)"
+
+    def lookup(self, key: str) -> Principal | None:
+        presented = digest(key)
+        found: Principal | None = None
+        for known, principal in self._entries:
+            if hmac.compare_digest(known, presented):
+                found = principal
+        return found
+
+
+def parse_specs(text: str) -> KeyRing:
+    """`key` or `key:glob:rw|ro` per comma or line. Errors name the spec's position, never the key."""
+    entries: list[tuple[bytes, Principal]] = []
+    seen: set[bytes] = set()
+    specs = [s.strip() for s in text.replace("\n", ",").split(",")]
+    for n, spec in enumerate((s for s in specs if s and not s.startswith("#")), start=1):
         key, _, rest = spec.partition(":")
         pattern, _, mode = rest.partition(":")
-        if mode not in ("", "rw", "ro"):
-            raise InvalidInput(f"key mode must be rw or ro, got {mode!r}", "api_keys")
-        scope = "key-" + hashlib.sha256(key.encode()).hexdigest()[:16]
-        out.append((key, Principal(scope=scope, pattern=pattern or "*", can_write=mode != "ro")))
-    return out
+        if not KEY_CHARS.fullmatch(key) or KEY_FORBIDDEN & set(key):
+            raise InvalidInput(f"API key spec #{n}: a key is printable ASCII without spaces, ',', ':' or '#'",
+                               "api_keys")
+        if mode not in ("", "rw", "ro") or ":" in mode:
+            raise InvalidInput(f"API key spec #{n}: mode must be rw or ro", "api_keys")
+        d = digest(key)
+        if d in seen:
+            raise InvalidInput(f"API key spec #{n}: the same key is configured twice", "api_keys")
+        seen.add(d)
+        entries.append((d, Principal(scope=scope_of_key(key), pattern=pattern or "*", can_write=mode != "ro")))
+    return KeyRing(entries)
 
 
-def load_keys(settings: Settings) -> list[tuple[str, Principal]]:
+def load_keys(settings: Settings) -> KeyRing:
     text = settings.api_keys
     if settings.api_keys_file is not None:
         text += "\n" + Path(settings.api_keys_file).read_text()
     return parse_specs(text)
 
 
-def presented_key(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
+def presented_key(headers: Headers) -> str | None:
+    header = headers.get("authorization", "")
     if header[:7].lower() == "bearer ":
-        return header[7:].strip()
-    return request.headers.get("x-api-key")
+        return header[7:].strip() or None
+    return headers.get("x-api-key") or None
 
 
-def authenticate(request: Request) -> Principal:
-    """FastAPI dependency for every /v1 route."""
-    known: list[tuple[str, Principal]] = request.app.state.api_keys
-    if not known:
+def identify(headers: Headers, keys: KeyRing) -> Principal:
+    """The principal of a request, or Unauthorized (401)."""
+    if not len(keys):
         return OPEN
-    key = presented_key(request)
-    if not key:
+    key = presented_key(headers)
+    if key is None:
         raise Unauthorized("an API key is required (Authorization: Bearer <key> or X-API-Key)", None)
-    found = OPEN
-    for candidate, principal in known:  # compare with every key, in constant time each
-        if hmac.compare_digest(candidate.encode(), key.encode()):
-            found = principal
-    if found is OPEN:
+    principal = keys.lookup(key)
+    if principal is None:
         raise Unauthorized("unknown API key", None)
-    return found
+    return principal
+
+
+class KeyCheck:
+    """Pure ASGI middleware: every /v1 request carries a known key, checked before its body is read."""
+
+    def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] == "http" and (path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")):
+            try:
+                scope[PRINCIPAL_SCOPE_KEY] = identify(Headers(scope=scope), self.keys)
+            except Unauthorized as exc:
+                response = error_response(401, exc.code, exc.message, exc.field, {"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# Declared for the OpenAPI schema (clients and schemathesis see the two ways to send a key); KeyCheck and
+# `authenticate` do the checking, so these never refuse a request themselves.
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The key in an X-API-Key header")
+
+
+async def authenticate(request: Request, _b: Annotated[object, Depends(_bearer)],
+                       _k: Annotated[object, Depends(_api_key)]) -> Principal:
+    """FastAPI dependency of every /v1 route: the principal KeyCheck found (or found again here)."""
+    principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if isinstance(principal, Principal):
+        return principal
+    return identify(request.headers, request.app.state.api_keys)

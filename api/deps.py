@@ -14,15 +14,15 @@ from common.collections import Collection, aget
 from common.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_redis(request: Request) -> aredis.Redis:
+async def get_redis(request: Request) -> aredis.Redis:
     return request.app.state.redis
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
+async def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 

@@ -39,8 +39,10 @@ class Dispatcher:
 
     async def send(self, task: str, job_id: str, kwargs: dict[str, Any]) -> None:
         # kombu publishes synchronously; a worker thread keeps the event loop free (the pool is bounded).
+        # ignore_result: outcomes come from job records; otherwise Celery subscribes to a result channel
+        # per task (the shared pub/sub that breaks under concurrency, celery#4480).
         await asyncio.to_thread(self.celery.send_task, task, kwargs=kwargs, task_id=job_id,
-                                queue=self.settings.queue)
+                                queue=self.settings.queue, ignore_result=True)
 
     async def submit(self, job_type: str, task: str, collection: str | None, kwargs: dict[str, Any], *,
                      wait: float, scope: str = "", total: int | None = None,

@@ -34,7 +34,7 @@ def field_name(loc: tuple[Any, ...] | list[Any]) -> str | None:
 
 async def _vecq_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, VecqError)
-    headers = {"Retry-After": "1"} if exc.status == 503 else None
+    headers = {503: {"Retry-After": "1"}, 401: {"WWW-Authenticate": "Bearer"}}.get(exc.status)
     return error_response(exc.status, exc.code, exc.message, exc.field, headers)
 
 
@@ -55,7 +55,8 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
             413: "too_large", 415: "unsupported_media_type"}.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail), None, getattr(exc, "headers", None))
+    field = {413: "body", 415: "content-type"}.get(exc.status_code)  # the request part at fault
+    return error_response(exc.status_code, code, str(exc.detail), field, getattr(exc, "headers", None))
 
 
 async def _redis_down(_: Request, exc: Exception) -> JSONResponse:

@@ -8,10 +8,11 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aredis
 from fastapi import FastAPI
 
-from api import errors
-from api.auth import load_keys
+from api import errors, metrics
+from api.auth import KeyCheck, load_keys
 from api.dispatch import Dispatcher
-from api.routes import collections, health, jobs, search, vectors
+from api.limits import BodyLimits
+from api.routes import collections, health, jobs, ops, search, vectors
 from api.searcher import Searcher
 from api.waiter import JobWaiter
 from common.celery_app import make_celery
@@ -24,13 +25,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        r = aredis.Redis.from_url(settings.effective_redis_url, socket_connect_timeout=2,
-                                  health_check_interval=30, max_connections=256)
+        # A blocking pool: a burst of requests queues for a connection instead of failing with
+        # "Too many connections", and Redis sees a bounded number of clients per API process.
+        pool = aredis.BlockingConnectionPool.from_url(settings.effective_redis_url, max_connections=64, timeout=5,
+                                                      socket_connect_timeout=2, health_check_interval=30)
+        r = aredis.Redis(connection_pool=pool)
         waiter = JobWaiter(r, settings.max_waiters)
         await waiter.start()
         dispatcher = Dispatcher(r, app.state.celery, waiter, settings)
         app.state.redis, app.state.waiter, app.state.dispatcher = r, waiter, dispatcher
-        app.state.searcher = Searcher(dispatcher)
+        app.state.searcher = Searcher(dispatcher, settings)
         try:
             yield
         finally:
@@ -44,7 +48,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = make_celery(settings)
     app.state.api_keys = load_keys(settings)
     errors.install(app)
-    for module in (health, collections, vectors, search, jobs):
+    # Added last = runs first: the key is checked before the body limits, and both before any body is read.
+    app.add_middleware(BodyLimits, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(KeyCheck, keys=app.state.api_keys)
+    app.state.metrics_registry = metrics.instrument(app)  # outermost: counts every request, 401s too
+    for module in (health, collections, vectors, search, jobs, ops):
         app.include_router(module.router)
     return app
 

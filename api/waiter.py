@@ -78,11 +78,20 @@ class JobWaiter:
                     await pubsub.aclose()
 
     def _dispatch(self, data: bytes | str) -> None:
+        """A message is one job's outcome, or a search batch's: {"batch": id, "outcomes": [outcome, ...]}."""
         try:
-            outcome = json.loads(data)
+            message = json.loads(data)
         except ValueError:
             return
-        for future in self._futures.get(outcome.get("job_id", ""), ()):
+        if "batch" in message:
+            self._resolve(str(message["batch"]), message)
+            for outcome in message.get("outcomes", ()):
+                self._resolve(str(outcome.get("job_id", "")), outcome)
+        else:
+            self._resolve(str(message.get("job_id", "")), message)
+
+    def _resolve(self, job_id: str, outcome: dict[str, Any]) -> None:
+        for future in self._futures.get(job_id, ()):
             if not future.done():
                 future.set_result(outcome)
 
@@ -130,11 +139,9 @@ class JobWaiter:
                 if outcome is not RECHECK:
                     return outcome
                 raw = await jobs.aget(self.r, job_id)
-                if raw is None:
-                    return None
-                record = jobs.public(raw)
-                if record["status"] in jobs.TERMINAL:
-                    return record
+                # No record yet is normal for a search member: it gets one when it finishes.
+                if raw is not None and jobs.public(raw)["status"] in jobs.TERMINAL:
+                    return jobs.public(raw)
                 if future.done():
                     self.unregister(job_id, future)
                     future = self.register(job_id)

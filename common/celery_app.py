@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlsplit
+
 from celery import Celery
 
 from common.settings import Settings, get_settings
@@ -18,9 +20,19 @@ PURGE = "vecq.purge"
 POISON = "vecq.test.poison"
 
 
+def celery_url(url: str) -> str:
+    """A rediss:// URL without `ssl_cert_reqs` means "verify the server" to redis-py, but Celery's result
+    backend refuses it and kombu's broker would then skip the certificate check. Default it to `required`
+    so that one VECQ_REDIS_URL means the same thing to the API, the workers and Celery."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss" or "ssl_cert_reqs" in parse_qs(parts.query):
+        return url
+    return parts._replace(query="&".join(q for q in (parts.query, "ssl_cert_reqs=required") if q)).geturl()
+
+
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    url = settings.effective_redis_url
+    url = celery_url(settings.effective_redis_url)
     app = Celery("vecq", broker=url, backend=url)
     # Unacked messages come back after the visibility timeout: it must outlast the longest job.
     transport = {"visibility_timeout": settings.task_time_limit_s + 600}

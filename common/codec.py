@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -122,6 +123,21 @@ def generated_ids(job_id: str, start: int, count: int) -> list[str]:
     """Ids for vectors sent without one: derived from the job, so a redelivered job makes the same ones."""
     namespace = uuid.UUID(hex=job_id) if len(job_id) == 32 else uuid.uuid5(uuid.NAMESPACE_URL, job_id)
     return [str(uuid.uuid5(namespace, str(row))) for row in range(start, start + count)]
+
+
+# index_factory allocates some structures before any training check: one request for IVF16777216 or PQ...x16
+# at a large dim would have a worker allocate gigabytes (and the OOM killer end it).
+INDEX_CAPS = ((r"IVF(\d+)", 1 << 18, "IVF list count"), (r"HNSW(\d+)", 512, "HNSW M"),
+              (r"x(\d+)", 12, "bits per code"))
+
+
+def index_description_problem(description: str) -> str | None:
+    """Why an index_factory description is refused before FAISS sees it, or None."""
+    for pattern, cap, what in INDEX_CAPS:
+        for number in re.findall(pattern, description):
+            if int(number) > cap:
+                return f"{what} must be at most {cap}, got {number}"
+    return None
 
 
 def lsn_key(lsn: Lsn) -> tuple[int, int]:

@@ -8,6 +8,7 @@ watcher in one Lua script, so a waiter either finds the job finished or is told 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from enum import StrEnum
@@ -15,6 +16,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
+import redis.exceptions
 
 from common import keys
 
@@ -190,5 +192,96 @@ def add_progress(r: redis.Redis, job_id: str, done: int) -> int:
     return int(r.eval(_PROGRESS, 1, keys.job(job_id), done))
 
 
+_SET_PROGRESS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'progress_done', ARGV[1])
+return 1
+"""
+
+
+def set_progress(r: redis.Redis, job_id: str, done: int) -> None:
+    """Progress as a position, not an increment: a redelivered job that walks its chunks again (finding them
+    appended already) reports the same numbers instead of counting them twice."""
+    r.eval(_SET_PROGRESS, 1, keys.job(job_id), done)
+
+
 def set_total(r: redis.Redis, job_id: str, total: int) -> None:
     r.hset(keys.job(job_id), mapping={"progress_total": str(total), "progress_done": "0"})
+
+
+# Searches sent by the API are "members" of a batch message and get their record when they finish: the
+# sync path then costs no Redis write in the API, and a member's id is never shown to a client before its
+# record exists (the 202 path creates it first, see acreate_if_absent).
+
+_DELIVERY = """
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+if attempts > tonumber(ARGV[1]) then return 'poisoned' end
+return 'run'
+"""
+
+
+def claim_delivery(r: redis.Redis, batch_id: str, *, max_attempts: int, ttl: int) -> Claim:
+    """Count a delivery of a batch message: past max_attempts (each delivery killed its worker) it is poison."""
+    out = r.eval(_DELIVERY, 1, keys.delivery(batch_id), max_attempts, ttl)
+    return Claim(out.decode() if isinstance(out, bytes) else out)
+
+
+_FINISH_MEMBER = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'succeeded' or status == 'failed' or status == 'canceled' then return 0 end
+local existed = status ~= false
+redis.call('HSET', KEYS[1], 'job_id', ARGV[1], 'type', 'search', 'collection', ARGV[2], 'scope', ARGV[3],
+           'status', ARGV[4], 'started_at', ARGV[5], 'finished_at', ARGV[6], ARGV[7], ARGV[8], 'worker', ARGV[11])
+redis.call('HSETNX', KEYS[1], 'submitted_at', ARGV[9])
+redis.call('HSETNX', KEYS[1], 'attempts', '1')
+if not existed then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[10])) end  -- else keep the API's TTL
+for _, channel in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('PUBLISH', channel, ARGV[12]) end
+return 1
+"""
+
+
+def finish_members(pipe: redis.client.Pipeline, batch_id: str, outcomes: list[tuple[dict[str, Any], Any,
+                   dict[str, Any] | None]], *, collection: str, reply_to: str | None, started_at: float,
+                   worker: str, ttl: int) -> None:
+    """Queue, on `pipe`, the records of a batch's members ((member, result, error) each), one message to the
+    submitting API process's channel with every outcome, and the end of the batch's delivery count."""
+    now = _now()
+    sha = hashlib.sha1(_FINISH_MEMBER.encode()).hexdigest()
+    messages = []
+    for member, result, error in outcomes:
+        job_id = str(member["job_id"])
+        status = "failed" if error is not None else "succeeded"
+        field, value = ("error", error) if error is not None else ("result", result)
+        message = {"job_id": job_id, "status": status, field: value}
+        messages.append(message)
+        pipe.evalsha(sha, 2, keys.job(job_id), keys.job_watchers(job_id), job_id, collection,
+                     str(member.get("scope", "")), status, f"{started_at:.6f}", now, field,
+                     json.dumps(value, separators=(",", ":")), str(member.get("submitted_at") or now),
+                     int(member.get("ttl") or ttl), worker,
+                     json.dumps(message, separators=(",", ":")))
+    if reply_to:
+        pipe.publish(keys.job_channel(reply_to), json.dumps({"batch": batch_id, "outcomes": messages},
+                                                           separators=(",", ":")))
+    pipe.delete(keys.delivery(batch_id))
+
+
+def load_scripts(r: redis.Redis) -> None:
+    """Load the scripts used by EVALSHA in pipelines (after a Redis restart they are gone)."""
+    r.script_load(_FINISH_MEMBER)
+
+
+_CREATE_IF_ABSENT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
+
+
+async def acreate_if_absent(r: aredis.Redis, job_id: str, job_type: str, collection: str | None, *, ttl: int,
+                            scope: str, submitted_at: float) -> None:
+    """The record of a member whose id is about to be shown (202): queued, unless it has finished already."""
+    fields = _initial(job_id, job_type, collection, scope, None)
+    fields["submitted_at"] = f"{submitted_at:.6f}"
+    await r.eval(_CREATE_IF_ABSENT, 1, keys.job(job_id), ttl, *[x for kv in fields.items() for x in kv])

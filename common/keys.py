@@ -1,7 +1,8 @@
 """Redis key layout. Every key vecq writes is built here, from validated names only.
 
 Each family is written by one module: collections.py (`col`), wal.py (`wal`, `docs`, `dedup`, `trim`),
-jobs.py (`job`), blobs.py (`blob`), heartbeat.py (`hb`), snapshots.py (`snap`).
+jobs.py (`job`, `delivery`), blobs.py (`blob`), heartbeat.py (`hb`), snapshots.py (`snap`, `snaplock`),
+stats.py (`stats`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def check_token(token: str) -> str:
 
 COLLECTIONS = f"{PREFIX}:collections"
 WORKERS = f"{PREFIX}:workers"
+STATS_JOBS = f"{PREFIX}:stats:jobs"
+STATS_JOB_SECONDS = f"{PREFIX}:stats:job_seconds"
 
 
 def collection(name: str) -> str:
@@ -73,6 +76,10 @@ def job(job_id: str) -> str:
 
 def job_watchers(job_id: str) -> str:
     return f"{PREFIX}:job:{check_token(job_id)}:watchers"
+
+
+def delivery(batch_id: str) -> str:
+    return f"{PREFIX}:delivery:{check_token(batch_id)}"
 
 
 def job_channel(listener_id: str) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from common.codec import index_description_problem
 
 # strict: no "1.5" strings or true/false in vectors; allow_inf_nan=False: no NaN/Infinity, no 1e309.
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
@@ -25,6 +27,14 @@ class CollectionCreate(Body):
     dim: Annotated[int, Field(strict=True, ge=1)]
     metric: Literal["l2", "ip", "cosine"] = "l2"
     index: Annotated[str, Field(min_length=1, max_length=256)] = "Flat"
+
+    @field_validator("index")
+    @classmethod
+    def _bounded(cls, value: str) -> str:
+        problem = index_description_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class CollectionOut(BaseModel):
@@ -110,6 +120,17 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses a route may answer, all with the one error body."""
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+# Any /v1 route: no or unknown key (401), key not allowed (403), bad input (422), Redis down or too many
+# waiting requests (503, with Retry-After); routes with a body add 413 and 415.
+V1_ERRORS = (401, 403, 404, 409, 422, 503)
+BODY_ERRORS = (413, 415)
 
 
 class Job(BaseModel):

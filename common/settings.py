@@ -47,29 +47,43 @@ class Settings(BaseSettings):
     heartbeat_ttl_s: float = Field(10.0, gt=0, description="A worker that has not beaten for this long is gone.")
 
     # Limits
-    max_dim: int = Field(4096, ge=1)
-    max_k: int = Field(1000, ge=1)
+    max_dim: int = Field(4096, ge=1, description="Largest collection dimension.")
+    max_k: int = Field(1000, ge=1, description="Largest k of a search.")
     max_query_vectors: int = Field(1000, ge=1, description="Query vectors per search request.")
     max_vectors_per_request: int = Field(10_000, ge=1, description="Vectors per JSON add request.")
-    max_id_length: int = Field(256, ge=1)
-    max_metadata_bytes: int = Field(65_536, ge=2)
-    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="JSON request bodies (413 beyond).")
+    max_id_length: int = Field(256, ge=1, description="Longest vector id (characters).")
+    max_metadata_bytes: int = Field(65_536, ge=2, description="Largest metadata object per vector (JSON bytes).")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="JSON request bodies (413 beyond).")
     max_upload_bytes: int = Field(2 * 1024**3, ge=1024, description="Binary uploads (.npy, Parquet).")
-    max_collections: int = Field(1000, ge=1)
+    max_collections: int = Field(1000, ge=1, description="Most collections at once.")
 
     # Write path
     wal_chunk_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Vector bytes per WAL entry.")
     snapshot_every_entries: int = Field(256, ge=1, description="WAL entries since last snapshot that trigger one.")
-    snapshot_every_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    snapshot_every_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="WAL bytes since last snapshot that trigger one."
+    )
 
     # Coalescing of concurrent searches (per API process)
     coalesce: bool = Field(True, description="Batch concurrent searches of one collection into one job.")
     coalesce_max_batch: int = Field(256, ge=1, description="Query vectors per coalesced job.")
     coalesce_max_delay_ms: float = Field(2.0, ge=0, description="Longest a search waits to join a batch.")
+    coalesce_max_inflight: int = Field(2, ge=1, description="Batches of one lane in flight before others wait.")
+
+    blob_ttl_s: int = Field(
+        3600, ge=60, description="How long an upload (.npy, Parquet) waits in Redis for its ingest job to use it."
+    )
+
+    snapshot_dir: Path | None = Field(
+        None, description="Where workers write and read index snapshots (default: data_dir/snapshots). "
+        "Workers on several hosts must all see the same directory (a shared volume)."
+    )
 
     # Logging / testing
     log_json: bool = Field(False, description="JSON log lines.")
-    enable_test_tasks: bool = Field(False, description="Registers test-only tasks (poison). Never in production.")
+    enable_test_tasks: bool = Field(
+        False, description="Registers test-only tasks (poison, sleep). Never in production."
+    )
 
     @property
     def effective_redis_url(self) -> str:

@@ -94,8 +94,9 @@ def append_delete(r: redis.Redis, col: Collection, write_id: str, ids: Sequence[
 
 
 def read_after(r: redis.Redis, col: Collection, after: Lsn, count: int = 64) -> tuple[Lsn, list[Entry]]:
-    """Entries after `after` and the trim mark, in one round trip. Callers reload if `after` < trim mark."""
-    with r.pipeline(transaction=False) as pipe:
+    """Entries after `after` and the trim mark, in one round trip. Callers reload if `after` < trim mark.
+    MULTI/EXEC: a trim landing between the two reads would show the old mark with entries already gone."""
+    with r.pipeline(transaction=True) as pipe:
         pipe.get(keys.trim(col.name, col.uid))
         pipe.xrange(keys.wal(col.name, col.uid), min=f"({after}" if after != ZERO_LSN else "-", count=count)
         trimmed, raw = pipe.execute()

@@ -8,6 +8,8 @@ import sys
 import threading
 from pathlib import Path
 
+from kombu.utils.url import maybe_sanitize_url
+
 from common.settings import get_settings
 from vecq.stack import Stack
 
@@ -29,7 +31,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             url = stack.start_redis()
             print(f"vecq: embedded Redis at {url} (AOF in {data_dir / 'redis'})", flush=True)
         else:
-            print(f"vecq: using Redis at {stack.redis_url}", flush=True)
+            print(f"vecq: using Redis at {maybe_sanitize_url(stack.redis_url)}", flush=True)
         for i in range(args.workers or settings.workers):
             stack.start_worker(i + 1)
         api = stack.start_api(settings.api_host, settings.api_port)
@@ -51,12 +53,25 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("vecq: stopped", flush=True)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from vecq.status import show  # rich is only needed here
+
+    return show(args.url, args.api_key)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vecq", description="vecq vector search service")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run Redis (embedded unless VECQ_REDIS_URL), workers and the API")
     up.add_argument("--workers", type=int, default=None, help="worker processes (default: VECQ_WORKERS)")
     up.set_defaults(func=cmd_up)
+    status = sub.add_parser("status", help="collections, live workers and queue depth of a running API")
+    status.add_argument("--url", default=None, help="API base URL (default: $VECQ_URL or http://127.0.0.1:8000)")
+    status.add_argument("--api-key", default=None, help="API key (default: $VECQ_API_KEY)")
+    status.set_defaults(func=cmd_status)
+    from vecq.ingest import add_parser as add_ingest  # pyarrow, numpy and rich: loaded for the CLI only
+
+    add_ingest(sub)
     return parser
 
 

@@ -49,13 +49,17 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def signal(self, sig: int) -> None:
+    def signal(self, sig: int, group: bool = True) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, sig)
+            if group:
+                os.killpg(self.popen.pid, sig)
+            else:
+                os.kill(self.popen.pid, sig)
 
     def stop(self, timeout: float = 15.0, sig: int = SIGTERM) -> None:
+        """Ask the main process (a Celery worker then finishes its current job), then kill the group."""
         if self.alive():
-            self.signal(sig)
+            self.signal(sig, group=False)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -161,8 +165,8 @@ class Stack:
     def stop(self) -> None:
         if self.api is not None:
             self.api.stop()
-        for w in self.workers:  # SIGTERM: a worker finishes its current job; queued jobs stay queued
-            w.signal(SIGTERM)
+        for w in self.workers:  # SIGTERM to the main process only: it finishes its current job, the queue stays
+            w.signal(SIGTERM, group=False)
         for w in self.workers:
             w.stop(timeout=30)
         self.workers.clear()

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import faiss
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from common import heartbeat
+from common import heartbeat, jobs
 from common.logs import setup_logging
 from common.settings import get_settings
 from worker import state
@@ -28,11 +29,14 @@ def _init(**_: object) -> None:
     faiss.omp_set_num_threads(settings.omp_threads)
     faiss.cvar.distance_compute_blas_threshold = settings.blas_threshold
     st = state.init(settings)
-    _beat(st)  # visible (and ready) before the possibly long load
-    st.registry.load_all()
-    _beat(st)
+    jobs.load_scripts(st.r)
+    _beat(st)  # visible before the possibly long load, and beating through it: a load may outlast the TTL
     threading.Thread(target=_beat_forever, args=(st,), name="vecq-heartbeat", daemon=True).start()
-    log.info("worker %s ready: %d collections", st.worker, len(st.registry.copies))
+    started = time.perf_counter()
+    st.registry.load_all()  # newest snapshot + WAL tail of each collection; per-collection times in the log
+    _beat(st)  # the load times (heartbeat `collections.*.load_s`) at once
+    log.info("worker %s ready: %d collections loaded in %.3fs", st.worker, len(st.registry.copies),
+             time.perf_counter() - started)
 
 
 @worker_process_shutdown.connect

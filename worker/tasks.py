@@ -15,16 +15,18 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import redis.exceptions
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from common import collections, jobs, wal
+from common import blobs, collections, jobs, stats, wal
 from common import snapshots as snapshot_state
 from common.celery_app import (
     ADD,
     CREATE_COLLECTION,
     DELETE,
     GET,
+    INGEST,
     POISON,
     PURGE,
     SEARCH,
@@ -35,22 +37,25 @@ from common.codec import (
     check_ids,
     check_metadata,
     decode_vectors,
-    generated_ids,
     normalized,
     vectors_from_json,
 )
 from common.collections import Collection, new_collection
 from common.errors import InvalidInput, NotFound, VecqError
 from common.settings import get_settings
-from worker import app, snapshot_files, state
+from worker import app, ingest, snapshot_files, state
 from worker.index import build_index
+from worker.search import Member, run_search
 
 log = logging.getLogger("vecq.jobs")
 IDS_IN_RESULT_MAX = 10_000
+DEFERRED = object()  # a body's result meaning "another job finishes this record" (a bulk ingest's last part)
 
 
-def run_job(task: Task, job_type: str, collection: str | None, body: Callable[[state.ProcessState, str], Any]) -> None:
-    """Claim, run, finish, log one line. Never lets an exception escape into Celery (or kill the child)."""
+def run_job(task: Task, job_type: str, collection: str | None, body: Callable[[state.ProcessState, str], Any],
+            on_fail: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Claim, run, finish, log one line. Never lets an exception escape into Celery (or kill the child).
+    A body that returns DEFERRED leaves the record running; `on_fail` hears of any error (poisoned too)."""
     st = state.current()
     job_id: str = task.request.id
     started = time.perf_counter()
@@ -73,9 +78,17 @@ def run_job(task: Task, job_type: str, collection: str | None, body: Callable[[s
         except Exception as exc:
             log.exception("job %s (%s) raised", job_id, job_type)
             error = {"code": "internal", "message": f"{type(exc).__name__}: {exc}", "field": None}
-    jobs.finish(st.r, job_id, result=result, error=error)
+    if error is not None and on_fail is not None:
+        try:
+            on_fail(error)
+        except Exception:
+            log.exception("job %s (%s): on_fail raised", job_id, job_type)
+    deferred = result is DEFERRED and error is None
+    finished = False if deferred else jobs.finish(st.r, job_id, result=result, error=error)
     duration_ms = (time.perf_counter() - started) * 1000
-    status = "failed" if error else "succeeded"
+    status = "deferred" if deferred else "failed" if error else "succeeded"
+    if finished:  # counted once, by whoever made the record terminal
+        stats.count_jobs(st.r, [(job_type, status, duration_ms / 1000)])
     st.jobs_done += 1
     st.last_job = {"job_id": job_id, "type": job_type, "collection": collection, "status": status,
                    "duration_ms": round(duration_ms, 2), "at": time.time()}
@@ -110,33 +123,76 @@ def create_collection(self: Task, *, name: str, dim: int, metric: str = "l2", in
 @app.task(name=ADD, bind=True)
 def add(self: Task, *, collection: str, vectors: list[list[float]] | None = None, vectors_b64: str | None = None,
         ids: list[str] | None = None, metadata: list[dict[str, Any] | None] | None = None,
-        uid: str | None = None, id_prefix: str | None = None, parent: str | None = None) -> None:
-    """Upsert vectors given as `vectors` (JSON lists) or `vectors_b64` (float32 rows, little-endian).
-    Omitted ids are derived from the job id (or id_prefix + row number), so a redelivery makes the same."""
+        uid: str | None = None, id_prefix: str | None = None, parent: str | None = None,
+        blob: str | None = None, rows: list[int] | None = None, id_start: int = 0) -> None:
+    """Upsert vectors given as `vectors` (JSON lists), `vectors_b64` (float32 rows, little-endian) or `blob`
+    (an upload in Redis, see common/blobs.py: .npy or Parquet; `rows` [start, end) of it, default all).
+    Omitted ids are derived from the job id (or id_prefix + id_start + row number), so a redelivery makes the
+    same. With `parent`, this job is one part of a bulk ingest (worker/ingest.py) and reports to it."""
 
     def body(st: state.ProcessState, job_id: str) -> dict[str, Any]:
+        if parent is not None and ingest.parent_over(st, parent):
+            return {"skipped": "the ingest job this part belongs to has ended"}
         col = resolve(st, collection, uid)
-        if vectors_b64 is not None:
+        meta_json: list[str | None] | None = None
+        vids, metas, first_row = ids, metadata, 0
+        if blob is not None:
+            loaded = ingest.load(st, col, blob, rows)
+            matrix, first_row, meta_json = loaded.matrix, loaded.first_row, loaded.metadata
+            if loaded.ids is not None:
+                if ids is not None:
+                    raise InvalidInput("the upload has ids already", "ids")
+                vids = loaded.ids
+            if loaded.metadata is not None and metadata is not None:
+                raise InvalidInput("the upload has metadata already", "metadata")
+        elif vectors_b64 is not None:
             matrix = as_float32(decode_vectors(vectors_b64, col.dim))
         else:
             matrix = vectors_from_json(vectors, col.dim, max_rows=st.settings.max_vectors_per_request)
-        vids, metas, first_row = ids, metadata, 0
         n = len(matrix)
         if vids is None:
-            vids = ([f"{id_prefix}{first_row + i}" for i in range(n)] if id_prefix is not None
-                    else generated_ids(parent or job_id, first_row, n))
+            vids = ingest.row_ids(parent or job_id, id_prefix, id_start, first_row, n)
         vids = check_ids(vids, n, st.settings.max_id_length)
-        meta_json = check_metadata(metas, n, st.settings.max_metadata_bytes) if metas is not None else [None] * n
+        if meta_json is None:
+            meta_json = check_metadata(metas, n, st.settings.max_metadata_bytes) if metas is not None else [None] * n
         if col.metric == "cosine":
             matrix = normalized(matrix)
         lsn = append_chunks(st, col, job_id, vids, matrix, meta_json, parent)
-        maybe_snapshot(st, col)
         result: dict[str, Any] = {"count": n, "lsn": lsn}
+        if parent is not None and blob is not None and rows is not None:
+            if ingest.part_done(st, col, parent, blob, rows, n):
+                maybe_snapshot(st, col)  # once per upload, not once per part
+            return result
+        maybe_snapshot(st, col)
+        if blob is not None:
+            blobs.delete(st.r, blob)  # consumed
         if n <= IDS_IN_RESULT_MAX:
             result["ids"] = vids
         return result
 
-    run_job(self, "add", collection, body)
+    def fail_parent(error: dict[str, Any]) -> None:
+        if parent is not None:
+            ingest.fail_parent(state.current(), parent, blob, error)
+
+    run_job(self, "add", collection, body, on_fail=fail_parent)
+
+
+@app.task(name=INGEST, bind=True)
+def ingest_upload(self: Task, *, collection: str, blob: str, uid: str | None = None, id_prefix: str | None = None,
+                  id_start: int = 0) -> None:
+    """Bulk ingest of an upload (`blob`, see common/blobs.py): validate it whole, then fan out `vecq.add`
+    parts; the last part finishes this job with {"count", "lsn", "ids" (up to 10,000)}."""
+
+    def body(st: state.ProcessState, job_id: str) -> Any:
+        try:
+            col = resolve(st, collection, uid)
+        except VecqError:
+            blobs.delete(st.r, blob)
+            raise
+        ingest.run_parent(st, job_id, col, blob, id_prefix, int(id_start), IDS_IN_RESULT_MAX)
+        return DEFERRED
+
+    run_job(self, "ingest", collection, body)
 
 
 def append_chunks(st: state.ProcessState, col: Collection, job_id: str, ids: list[str], matrix: np.ndarray,
@@ -148,13 +204,18 @@ def append_chunks(st: state.ProcessState, col: Collection, job_id: str, ids: lis
         rows = np.ascontiguousarray(matrix[start:end], dtype="<f4")
         lsn = wal.append_add(st.r, col, f"{job_id}:{chunk}", ids[start:end], rows.tobytes(), metadata[start:end])
         if parent is None:
-            jobs.add_progress(st.r, job_id, len(rows))
+            jobs.set_progress(st.r, job_id, start + len(rows))
     return lsn
 
 
 def maybe_snapshot(st: state.ProcessState, col: Collection) -> None:
-    if wal.length(st.r, col) >= st.settings.snapshot_every_entries:
-        app.send_task(SNAPSHOT, kwargs={"collection": col.name, "uid": col.uid}, queue=st.settings.queue)
+    """Enqueue a snapshot once the WAL since the last one passes a count or size threshold; one request at a
+    time per collection (a request is forgotten after the job time limit, in case its job was lost)."""
+    s = st.settings
+    if snapshot_state.due(st.r, col, s.snapshot_every_entries, s.snapshot_every_bytes) and \
+            snapshot_state.request(st.r, col, stale_s=s.task_time_limit_s):
+        app.send_task(SNAPSHOT, kwargs={"collection": col.name, "uid": col.uid}, queue=s.queue,
+                      ignore_result=True)
 
 
 @app.task(name=DELETE, bind=True)
@@ -165,6 +226,7 @@ def delete(self: Task, *, collection: str, ids: list[str], uid: str | None = Non
             raise InvalidInput("must be a non-empty list of ids", "ids")
         vids = check_ids(ids, len(ids), st.settings.max_id_length)
         lsn, found = wal.append_delete(st.r, col, f"{job_id}:0", vids)
+        maybe_snapshot(st, col)
         return {"deleted": found, "lsn": lsn}
 
     run_job(self, "delete", collection, body)
@@ -174,51 +236,73 @@ def delete(self: Task, *, collection: str, ids: list[str], uid: str | None = Non
 def search(self: Task, *, collection: str, vectors_b64: str, k: int = 10, uid: str | None = None,
            params: dict[str, Any] | None = None, include_metadata: bool = False, include_vectors: bool = False,
            consistency: str = "strong", min_lsn: str | None = None,
-           groups: list[list[Any]] | None = None) -> None:
-    """Search. `groups` ([n, k, include_metadata, include_vectors] per request) lets one job carry the
-    queries of several coalesced requests; the result then has one entry per group."""
+           members: list[dict[str, Any]] | None = None, reply_to: str | None = None) -> None:
+    """Search. Any producer can send the plain form (the task id is the job id). The API sends `members`
+    ([{job_id, n, k, include_metadata, include_vectors, scope, submitted_at}, ...]: the rows of each request,
+    in order) and `reply_to` (its listener) instead: see search_batch."""
+    if members is not None:
+        search_batch(self, collection, uid, vectors_b64, params or {}, consistency, min_lsn, members, reply_to)
+        return
 
     def body(st: state.ProcessState, job_id: str) -> dict[str, Any]:
         col = resolve(st, collection, uid)
         copy = st.registry.ready(col, consistency, min_lsn)
         queries = decode_vectors(vectors_b64, col.dim)
-        spec = groups or [[len(queries), k, include_metadata, include_vectors]]
-        if sum(g[0] for g in spec) != len(queries):
-            raise InvalidInput("groups do not add up to the query count", "groups")
-        k_max = max(int(g[1]) for g in spec)
-        if not 1 <= k_max <= st.settings.max_k:
-            raise InvalidInput(f"k must be in 1..{st.settings.max_k}", "k")
-        started = time.perf_counter()
-        hits = copy.search(queries, k_max, params or {})
-        took_ms = (time.perf_counter() - started) * 1000
-        wanted = {vid for g, rows in _split(spec, hits) if g[2] for row in rows for vid, _, _ in row[: g[1]]}
-        meta = dict(zip(wanted, wal.metadata(st.r, col, list(wanted)), strict=True)) if wanted else {}
-        out = []
-        for g, rows in _split(spec, hits):
-            results = []
-            for row in rows:
-                listing = []
-                for vid, score, pos in row[: g[1]]:
-                    hit: dict[str, Any] = {"id": vid, "score": score}
-                    if g[2]:
-                        hit["metadata"] = meta.get(vid)
-                    if g[3]:
-                        hit["vector"] = copy.vector(pos)
-                    listing.append(hit)
-                results.append(listing)
-            out.append({"results": results, "lsn": copy.applied, "took_ms": round(took_ms, 3),
-                        "worker": st.worker})
-        return out[0] if groups is None else {"groups": out, "worker": st.worker}
+        member = Member(job_id, len(queries), k, include_metadata, include_vectors)
+        return run_search(st.r, copy, queries, [member], params or {}, st.settings.max_k, st.worker)[0]
 
     run_job(self, "search", collection, body)
 
 
-def _split(spec: list[list[Any]], hits: list[Any]) -> list[tuple[list[Any], list[Any]]]:
-    out, start = [], 0
-    for g in spec:
-        out.append((g, hits[start : start + g[0]]))
-        start += g[0]
-    return out
+def search_batch(task: Task, collection: str, uid: str | None, vectors_b64: str, params: dict[str, Any],
+                 consistency: str, min_lsn: str | None, members: list[dict[str, Any]], reply_to: str | None) -> None:
+    """Searches sent by the API: one or more requests (members), answered with one FAISS call. Each member's
+    record is written when it finishes, all in one round trip with one message to the waiting API process.
+    A failure fails this batch's members only; a batch that keeps killing its worker is failed as poison."""
+    st = state.current()
+    started_at, started = time.time(), time.perf_counter()
+    batch_id: str = task.request.id
+    claim = jobs.claim_delivery(st.r, batch_id, max_attempts=st.settings.max_attempts, ttl=st.settings.job_ttl_s)
+    outcomes: list[tuple[dict[str, Any], Any, dict[str, Any] | None]] = []
+    if claim is jobs.Claim.POISONED:
+        error = {"code": "poisoned", "field": None, "message": "gave up: each delivery lost its worker"}
+        outcomes = [(m, None, error) for m in members]
+    else:
+        try:
+            col = resolve(st, collection, uid)
+            copy = st.registry.ready(col, consistency, min_lsn)
+            queries = decode_vectors(vectors_b64, col.dim)
+            wanted = [Member.from_message(m) for m in members]
+            results = run_search(st.r, copy, queries, wanted, params, st.settings.max_k, st.worker)
+            outcomes = [(m, res, None) for m, res in zip(members, results, strict=True)]
+        except VecqError as exc:
+            outcomes = [(m, None, exc.to_dict()) for m in members]
+        except Exception as exc:
+            log.exception("search batch %s raised", batch_id)
+            error = {"code": "internal", "message": f"{type(exc).__name__}: {exc}", "field": None}
+            outcomes = [(m, None, error) for m in members]
+    duration_ms = (time.perf_counter() - started) * 1000
+    for attempt in range(2):
+        try:
+            with st.r.pipeline(transaction=False) as pipe:
+                jobs.finish_members(pipe, batch_id, outcomes, collection=collection, reply_to=reply_to,
+                                    started_at=started_at, worker=st.worker, ttl=st.settings.job_ttl_s)
+                stats.add_jobs(pipe, [("search", "failed" if e else "succeeded", duration_ms / 1000)
+                                      for _, _, e in outcomes])
+                pipe.execute()
+            break
+        except redis.exceptions.NoScriptError:  # Redis restarted since this process loaded its scripts
+            jobs.load_scripts(st.r)
+            if attempt:
+                raise
+    failed = sum(1 for _, _, e in outcomes if e is not None)
+    st.jobs_done += len(outcomes)
+    st.last_job = {"job_id": batch_id, "type": "search", "collection": collection, "members": len(members),
+                   "status": "failed" if failed else "succeeded", "duration_ms": round(duration_ms, 2),
+                   "at": time.time()}
+    log.info("job=%s type=search-batch collection=%s members=%d failed=%d duration_ms=%.2f worker=%s",
+             batch_id, collection, len(members), failed, duration_ms, st.worker,
+             extra={"job": st.last_job, "worker": st.worker})
 
 
 @app.task(name=GET, bind=True)
@@ -241,23 +325,32 @@ def snapshot(self: Task, *, collection: str, uid: str | None = None) -> None:
 
     def body(st: state.ProcessState, job_id: str) -> dict[str, Any]:
         col = resolve(st, collection, uid)
-        token = snapshot_state.lock(st.r, col, st.settings.task_time_limit_s)
+        token = snapshot_state.lock(st.r, col, st.settings.task_time_limit_s, owner=job_id)
         if token is None:
             return {"skipped": "another snapshot of this collection is running"}
         try:
             started = time.perf_counter()
+            root = snapshot_files.root(st.settings)
             copy = st.registry.ready(col, "strong")
-            compact = copy.compacted() if copy.dead else copy
-            path = snapshot_files.write(st.settings.data_dir, compact)
-            wal.trim(st.r, col, compact.applied)
+            newest = snapshot_files.current_lsn(root, col)
+            rebuild = bool(copy.dead) or (copy.rebuilt_by_snapshots and newest != copy.applied)
+            compact = copy.compacted() if rebuild else copy
+            # Nothing new since the newest snapshot: no rewrite, but the trim (the step a killed job may
+            # have missed) is repeated, so the WAL never grows on for want of it.
+            fresh = rebuild or newest != compact.applied
+            path = snapshot_files.write(root, compact) if fresh else None
+            wal.trim(st.r, col, compact.applied)  # up to what the snapshot covers, never further
             compact.trim_mark = compact.applied
             st.registry.copies[col.name] = compact
             seconds = time.perf_counter() - started
             snapshot_state.record(st.r, col, compact.applied, compact.count, seconds)
+            log.info("snapshot collection=%s lsn=%s count=%d dropped=%d written=%s seconds=%.3f", col.name,
+                     compact.applied, compact.count, len(copy.dead), fresh, seconds)
             return {"lsn": compact.applied, "count": compact.count, "dropped": len(copy.dead),
-                    "path": str(path), "seconds": round(seconds, 3)}
+                    "path": str(path) if path else None, "written": fresh, "seconds": round(seconds, 3)}
         finally:
             snapshot_state.unlock(st.r, col, token)
+            snapshot_state.settled(st.r, col)
 
     run_job(self, "snapshot", collection, body)
 
@@ -268,7 +361,7 @@ def purge(self: Task, *, collection: str, uid: str, dim: int = 1, metric: str = 
 
     def body(st: state.ProcessState, job_id: str) -> dict[str, Any]:
         col = Collection(name=collection, uid=uid, dim=dim, metric=metric, index=index, created_at=0)
-        snapshot_files.remove(st.settings.data_dir, col)
+        snapshot_files.remove(snapshot_files.root(st.settings), col)
         st.registry.forget(collection) if collection in st.registry.copies and \
             st.registry.copies[collection].col.uid == uid else None
         return {"purged": collection}
@@ -287,3 +380,12 @@ if get_settings().enable_test_tasks:
 
         run_job(self, "poison", collection, body)
 
+    @app.task(name="vecq.test.sleep", bind=True)
+    def sleep(self: Task, *, seconds: float = 1.0, collection: str | None = None) -> None:
+        """Test-only: a slow job, to prove a worker told to stop finishes what it runs and leaves the rest."""
+
+        def body(st: state.ProcessState, job_id: str) -> dict[str, Any]:
+            time.sleep(min(float(seconds), 60.0))
+            return {"slept": seconds}
+
+        run_job(self, "sleep", collection, body)

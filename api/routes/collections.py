@@ -13,10 +13,18 @@ from common import snapshots as snapshot_state
 from common.celery_app import CREATE_COLLECTION, PURGE, SNAPSHOT
 from common.collections import Collection
 from common.errors import InvalidInput
-from common.schemas import CollectionCreate, CollectionList, CollectionOut, ErrorBody, JobAccepted
+from common.schemas import (
+    BODY_ERRORS,
+    V1_ERRORS,
+    CollectionCreate,
+    CollectionList,
+    CollectionOut,
+    JobAccepted,
+    error_responses,
+)
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"], route_class=StrictJSONRoute,
-                   responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+                   responses=error_responses(*V1_ERRORS, *BODY_ERRORS))
 
 
 async def describe(r: RedisDep, col: Collection) -> dict[str, Any]:
@@ -25,7 +33,7 @@ async def describe(r: RedisDep, col: Collection) -> dict[str, Any]:
 
 
 @router.post("", status_code=201, response_model=CollectionOut,
-             responses={202: {"model": JobAccepted}, 409: {"model": ErrorBody}})
+             responses={202: {"model": JobAccepted}})
 async def create_collection(body: CollectionCreate, dispatcher: DispatcherDep, principal: PrincipalDep,
                             settings: SettingsDep, wait: WaitWrite = 30.0) -> Any:
     principal.require(body.name, write=True)
@@ -51,12 +59,12 @@ async def list_collections(r: RedisDep, principal: PrincipalDep) -> dict[str, An
     return {"collections": out}
 
 
-@router.get("/{name}", response_model=CollectionOut, responses={404: {"model": ErrorBody}})
+@router.get("/{name}", response_model=CollectionOut)
 async def get_collection(name: CollectionName, r: RedisDep, principal: PrincipalDep) -> dict[str, Any]:
     return await describe(r, await load_collection(name, r, principal, write=False))
 
 
-@router.delete("/{name}", status_code=204, responses={404: {"model": ErrorBody}})
+@router.delete("/{name}", status_code=204)
 async def delete_collection(name: CollectionName, r: RedisDep, principal: PrincipalDep,
                             dispatcher: DispatcherDep) -> Response:
     col = await load_collection(name, r, principal, write=True)

@@ -6,12 +6,12 @@ from fastapi import APIRouter, Path, Query, Request
 
 from api.auth import Principal
 from api.deps import PrincipalDep, RedisDep
-from common import jobs
+from common import jobs, stats
 from common.errors import Conflict, NotFound
-from common.schemas import ErrorBody, Job
+from common.schemas import V1_ERRORS, Job, error_responses
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
-                   responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+                   responses=error_responses(*V1_ERRORS))
 JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
@@ -46,7 +46,7 @@ async def get_job(job_id: JobId, request: Request, r: RedisDep, principal: Princ
     return jobs.public(visible(await jobs.aget(r, job_id), principal))
 
 
-@router.delete("/{job_id}", status_code=202, responses={409: {"model": ErrorBody}})
+@router.delete("/{job_id}", status_code=202)
 async def cancel_job(job_id: JobId, r: RedisDep, principal: PrincipalDep) -> Any:
     raw = visible(await jobs.aget(r, job_id), principal)
     principal.require(jobs.public(raw).get("collection"), write=True)
@@ -55,4 +55,6 @@ async def cancel_job(job_id: JobId, r: RedisDep, principal: PrincipalDep) -> Any
         raise NotFound("job not found (unknown or expired)", "job_id")
     if status != "canceled":
         raise Conflict(f"job is {status}; only a queued job can be canceled", "job_id")
-    return jobs.public(await jobs.aget(r, job_id) or raw)
+    record = jobs.public(await jobs.aget(r, job_id) or raw)
+    await stats.acount_canceled(r, str(record.get("type")))
+    return record

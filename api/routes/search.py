@@ -9,11 +9,10 @@ from api.dispatch import Pending
 from api.strict_json import StrictJSONRoute
 from common import codec
 from common.errors import InvalidInput
-from common.schemas import ErrorBody, JobAccepted, SearchRequest, SearchResponse
+from common.schemas import BODY_ERRORS, V1_ERRORS, JobAccepted, SearchRequest, SearchResponse, error_responses
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["search"], route_class=StrictJSONRoute,
-                   responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody},
-                              422: {"model": ErrorBody}})
+                   responses=error_responses(*V1_ERRORS, *BODY_ERRORS))
 
 
 def query_matrix(body: SearchRequest, dim: int, max_queries: int) -> Any:

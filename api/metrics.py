@@ -1,0 +1,137 @@
+"""Prometheus metrics: HTTP metrics of this API process, and cluster state read from Redis at scrape time.
+
+- Per process (prometheus-fastapi-instrumentator, one registry per app): `vecq_http_requests_total` and the
+  `vecq_http_request_duration_seconds` histogram, by route template (`handler`), method and status. With
+  several uvicorn processes, set PROMETHEUS_MULTIPROC_DIR and every scrape sums all of them.
+- Cluster-wide (api/ops.py, recomputed on every scrape, the same whichever process answers): jobs by type and
+  final status, queue depth, live workers, per worker and per collection applied-LSN lag, vectors and index
+  bytes per collection.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from fastapi import FastAPI
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_fastapi_instrumentator import metrics as http_metrics
+
+from api.ops import Snapshot, copies, lsn_seconds
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def instrument(app: FastAPI) -> CollectorRegistry:
+    """Count and time every request of `app` in a registry of its own (so several apps in one process,
+    as in tests, never clash), and return that registry."""
+    disable_created_metrics()  # no `_created` series: they double the output and dashboards ignore them
+    registry = CollectorRegistry(auto_describe=True)
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    instrumentator = Instrumentator(
+        should_group_status_codes=False,  # 404 and 409 are different stories
+        should_group_untemplated=True,  # unknown paths count as handler="none": bounded label values
+        excluded_handlers=["^/metrics$"],
+        registry=registry,
+    )
+    instrumentator.add(http_metrics.requests(metric_namespace="vecq", registry=registry))
+    instrumentator.add(http_metrics.latency(metric_namespace="vecq", buckets=LATENCY_BUCKETS, registry=registry))
+    instrumentator.instrument(app)
+    return registry
+
+
+def render(process_registry: CollectorRegistry, snap: Snapshot) -> bytes:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # every uvicorn process's HTTP metrics, summed
+        process_registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(process_registry)
+    cluster = CollectorRegistry(auto_describe=False)
+    cluster.register(_Cluster(snap))
+    return generate_latest(process_registry) + generate_latest(cluster)
+
+
+class _Cluster:
+    """A one-shot collector over one Snapshot."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snap
+        jobs = CounterMetricFamily("vecq_jobs", "Jobs finished, by type and final status (all workers).",
+                                   labels=["type", "status"])
+        seconds = SummaryMetricFamily("vecq_job_duration_seconds", "Run time of finished jobs (all workers).",
+                                      labels=["type", "status"])
+        for c in snap.jobs:
+            jobs.add_metric([c.type, c.status], c.count)
+            seconds.add_metric([c.type, c.status], c.count, c.seconds)
+        yield jobs
+        yield seconds
+
+        depth = GaugeMetricFamily("vecq_queue_depth", "Messages waiting in the Celery queue.", labels=["queue"])
+        for queue, n in snap.queues.items():
+            depth.add_metric([queue], n)
+        yield depth
+        yield GaugeMetricFamily("vecq_queue_unacked", "Messages delivered to workers, not yet acked.",
+                                value=snap.unacked)
+        yield GaugeMetricFamily("vecq_workers", "Worker processes with a fresh heartbeat.", value=len(snap.workers))
+
+        vectors = GaugeMetricFamily("vecq_collection_vectors", "Live vectors.", labels=["collection"])
+        last = GaugeMetricFamily("vecq_collection_last_write_timestamp_seconds",
+                                 "When the newest WAL entry was written (0: none yet).", labels=["collection"])
+        for name, state in sorted(snap.collections.items()):
+            vectors.add_metric([name], state.count)
+            last.add_metric([name], lsn_seconds(state.last_lsn))
+        yield vectors
+        yield last
+
+        uptime = GaugeMetricFamily("vecq_worker_uptime_seconds", "Seconds since the worker process started.",
+                                   labels=["worker", "host"])
+        done = CounterMetricFamily("vecq_worker_jobs", "Jobs this worker process ran.", labels=["worker"])
+        lag = GaugeMetricFamily("vecq_worker_lag_seconds",
+                                "Write time between the newest WAL entry and the newest one this copy applied.",
+                                labels=["worker", "collection"])
+        applied = GaugeMetricFamily("vecq_worker_applied_lsn_timestamp_seconds",
+                                    "When the newest WAL entry this copy applied was written.",
+                                    labels=["worker", "collection"])
+        wbytes = GaugeMetricFamily("vecq_worker_index_bytes", "Estimated bytes of this copy's FAISS index.",
+                                   labels=["worker", "collection"])
+        col_lag: dict[str, float] = {}
+        col_bytes: dict[str, int] = {}
+        for w in snap.workers:
+            wid = str(w.get("worker"))
+            if w.get("started_at"):
+                uptime.add_metric([wid, str(w.get("host"))], max(0.0, snap.taken_at - float(w["started_at"])))
+            done.add_metric([wid], int(w.get("jobs_done") or 0))
+            for c in copies(snap, w):
+                lag.add_metric([wid, c["name"]], c["lag_s"])
+                applied.add_metric([wid, c["name"]], lsn_seconds(c["applied_lsn"]))
+                col_lag[c["name"]] = max(col_lag.get(c["name"], 0.0), c["lag_s"])
+                if c.get("index_bytes") is not None:
+                    wbytes.add_metric([wid, c["name"]], c["index_bytes"])
+                    col_bytes[c["name"]] = max(col_bytes.get(c["name"], 0), int(c["index_bytes"]))
+        yield from (uptime, done, lag, applied, wbytes)
+
+        clag = GaugeMetricFamily("vecq_collection_lag_seconds",
+                                 "Largest lag among the live workers' copies of the collection.",
+                                 labels=["collection"])
+        for name, value in sorted(col_lag.items()):
+            clag.add_metric([name], value)
+        yield clag
+        cbytes = GaugeMetricFamily("vecq_collection_index_bytes",
+                                   "Estimated bytes of one copy of the index (largest among workers).",
+                                   labels=["collection"])
+        for name, value in sorted(col_bytes.items()):
+            cbytes.add_metric([name], value)
+        yield cbytes

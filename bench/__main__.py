@@ -1,0 +1,90 @@
+"""`python -m bench` (`make bench`): vecq against in-process FAISS and a naive FastAPI + FAISS server.
+
+    make bench                                  # N=100k, D=128, Flat and HNSW32, 2 workers (a few minutes)
+    make bench BENCH_ARGS="--quick"             # small sizes: a smoke run
+    python -m bench --n 200000 --index Flat --concurrency 1,16,64 --duration 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from bench.run import ROOT, Config
+
+QUICK = {"n": 5000, "dim": 32, "queries": 200, "concurrency": [1, 8, 64], "duration": 1.0, "requests": 500,
+         "warmup": 0.3, "tune": False, "naive_default_threads": False, "collect_timeout": 60.0,
+         "tune_concurrency": [64], "tune_blas": [2048, 0], "tune_omp": [1]}
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.replace(" ", "").split(",") if x]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = Config()
+    p.add_argument("--n", type=int, help=f"database vectors (default {d.n:,}; --quick {QUICK['n']:,})")
+    p.add_argument("--dim", type=int, help=f"dimension (default {d.dim})")
+    p.add_argument("--queries", type=int, help=f"query vectors (default {d.queries})")
+    p.add_argument("--k", type=int, help=f"neighbours per query (default {d.k})")
+    p.add_argument("--index", action="append", dest="indexes", metavar="SPEC",
+                   help="FAISS index_factory spec, repeatable (default: Flat and HNSW32)")
+    p.add_argument("--workers", type=int, help=f"vecq worker processes (default {d.workers})")
+    p.add_argument("--concurrency", type=ints, help="closed-loop clients per level, e.g. 1,8,64,256")
+    p.add_argument("--duration", type=float, help=f"measured seconds per load level, at most (default {d.duration})")
+    p.add_argument("--requests", type=int, help=f"measured requests per load level, at most (default {d.requests})")
+    p.add_argument("--warmup", type=float, help=f"unmeasured seconds before each level (default {d.warmup})")
+    p.add_argument("--seed", type=int, help="data seed (default 0)")
+    p.add_argument("--ef-search", type=int, dest="ef_search", help=f"HNSW efSearch everywhere (default {d.ef_search})")
+    p.add_argument("--batch", type=int, help=f"vectors per JSON ingest request (default {d.batch:,})")
+    p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure worker FAISS settings (OpenMP threads x BLAS threshold); on unless --quick")
+    p.add_argument("--tune-concurrency", type=ints, dest="tune_concurrency", help="levels of the tuning runs (1,64)")
+    p.add_argument("--tune-omp", type=ints, dest="tune_omp", help="VECQ_OMP_THREADS values to try (1,2)")
+    p.add_argument("--tune-blas", type=ints, dest="tune_blas", help="VECQ_BLAS_THRESHOLD values (2048,128000,0)")
+    p.add_argument("--tune-inflight", type=ints, dest="tune_inflight",
+                   help="VECQ_COALESCE_MAX_INFLIGHT values (API) to try (1,2,4)")
+    p.add_argument("--quick", action="store_true", help="small sizes and short levels: a smoke run")
+    p.add_argument("--render", type=Path, metavar="JSON",
+                   help="only rewrite the table, goals and plot of an earlier run's JSON (into --out)")
+    p.add_argument("--out", type=Path, help="results directory (default bench/results; --quick: bench/results/quick)")
+    return p
+
+
+def config(argv: list[str]) -> Config:
+    args = parser().parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("quick", "render")}
+    base = {**QUICK, **given} if args.quick else given
+    if args.quick and args.out is None:  # a smoke run never replaces the committed full results
+        base["out"] = ROOT / "bench" / "results" / "quick"
+    cfg = Config(**base)
+    cfg.command = "python -m bench" + ("" if not argv else " " + shlex.join(argv))
+    if not cfg.out.is_absolute():
+        cfg.out = Path.cwd() / cfg.out
+    if not cfg.indexes:
+        raise SystemExit("give at least one --index")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+
+    from bench import report
+    from bench.run import run
+
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = config(argv)
+    render = parser().parse_args(argv).render
+    result = json.loads(render.read_text()) if render else run(cfg)
+    paths = report.write(result, cfg.out)
+    print(f"\nwrote {', '.join(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p) for p in paths.values())}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

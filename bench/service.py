@@ -1,0 +1,230 @@
+"""Driving vecq for the benchmark: the stack (via vecq.stack.Stack, exactly as `vecq up` starts it), collections,
+the two ingest paths, warming every worker's copy, and restarting the API or the workers with other settings."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from signal import SIGTERM
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import redis
+
+from vecq.stack import Stack
+
+# Snapshots are trimmed WAL: the benchmark reads the whole log back to build its in-process baselines in the same
+# order and chunks as the workers (HNSW's graph depends on both), so it keeps the log whole.
+BENCH_ENV = {"VECQ_SNAPSHOT_EVERY_ENTRIES": "1000000", "VECQ_SNAPSHOT_EVERY_BYTES": str(1 << 40),
+             "VECQ_LOG_JSON": "0"}
+
+
+@dataclass
+class Vecq:
+    data_dir: Path
+    workers: int
+    env: dict[str, str] = field(default_factory=dict)
+    stack: Stack | None = None
+    http: httpx.Client | None = None
+    api_env: dict[str, str] = field(default_factory=dict)
+    worker_env: dict[str, str] = field(default_factory=dict)
+
+    # Processes ---------------------------------------------------------------------------------------------
+    def start(self, api_env: Mapping[str, str] | None = None, worker_env: Mapping[str, str] | None = None) -> None:
+        self.stack = Stack(data_dir=self.data_dir, env={**BENCH_ENV, **self.env}, log_dir=self.data_dir / "logs")
+        self.stack.start_redis()
+        self.worker_env = dict(worker_env or {})
+        for i in range(self.workers):
+            self.stack.start_worker(i + 1, extra_env=self.worker_env)
+        self.start_api(api_env)
+
+    def start_api(self, api_env: Mapping[str, str] | None = None) -> None:
+        assert self.stack is not None
+        if self.stack.api is not None:
+            self.stack.api.stop()
+        self.api_env = dict(api_env or {})
+        self.stack.start_api(extra_env=self.api_env)
+        self.stack.wait_ready(timeout=120, workers=self.workers)
+        if self.http is not None:
+            self.http.close()
+        self.http = httpx.Client(base_url=self.url, timeout=600)
+
+    def restart_workers(self, worker_env: Mapping[str, str] | None = None) -> None:
+        """New worker processes with other settings; each loads every collection again at start."""
+        assert self.stack is not None
+        for w in self.stack.workers:
+            w.signal(SIGTERM)
+        for w in self.stack.workers:
+            w.stop(timeout=30)
+        self.stack.workers.clear()
+        self.worker_env = dict(worker_env or {})
+        for i in range(self.workers):
+            self.stack.start_worker(i + 1, extra_env=self.worker_env)
+        self.stack.wait_ready(timeout=300, workers=self.workers)
+
+    def stop(self) -> None:
+        if self.http is not None:
+            self.http.close()
+        if self.stack is not None:
+            self.stack.stop()
+
+    def pids(self) -> dict[str, list[int]]:
+        """The processes whose CPU a load level accounts (bench.cpu): API, workers (with pool children), Redis."""
+        from bench.cpu import tree
+
+        assert self.stack is not None and self.stack.api is not None and self.stack.redis_proc is not None
+        return {"api": tree(self.stack.api.pid), "workers": [p for w in self.stack.workers for p in tree(w.pid)],
+                "redis": [self.stack.redis_proc.pid]}
+
+    def redis_calls(self) -> dict[str, int]:
+        """Redis's own count of calls per command (INFO commandstats): round trips per request, whatever the load."""
+        assert self.stack is not None
+        r = redis.Redis.from_url(self.stack.redis_url or "")
+        try:
+            return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in r.info("commandstats").items()}
+        finally:
+            r.close()
+
+    @property
+    def url(self) -> str:
+        assert self.stack is not None and self.stack.api_url
+        return self.stack.api_url
+
+    @property
+    def client(self) -> httpx.Client:
+        assert self.http is not None
+        return self.http
+
+    def logs(self) -> str:
+        tails = []
+        for path in sorted((self.data_dir / "logs").glob("*.log")):
+            tails.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-20:]))
+        return "\n".join(tails)
+
+    # Collections -------------------------------------------------------------------------------------------
+    def create(self, name: str, dim: int, index: str) -> None:
+        resp = self.client.post("/v1/collections", json={"name": name, "dim": dim, "metric": "l2", "index": index})
+        if resp.status_code != 201:
+            raise RuntimeError(f"create {name} ({index}): HTTP {resp.status_code} {resp.text[:300]}")
+
+    def delete(self, name: str) -> None:
+        self.client.delete(f"/v1/collections/{name}")
+
+    def finish(self, resp: httpx.Response, what: str) -> dict[str, Any]:
+        """A write's finished job: 200 at once, or a 202 whose job is long-polled to the end."""
+        if resp.status_code == 202:
+            url = resp.json()["status_url"]
+            while True:
+                job = self.client.get(url, params={"wait": 60}).json()
+                if job["status"] in ("succeeded", "failed", "canceled"):
+                    break
+            if job["status"] != "succeeded":
+                raise RuntimeError(f"{what}: job {job['status']}: {job.get('error')}")
+            return dict(job.get("result") or {})
+        if resp.status_code != 200:
+            raise RuntimeError(f"{what}: HTTP {resp.status_code} {resp.text[:300]}")
+        body = resp.json()
+        return dict(body.get("result", body))
+
+    def ingest_json(self, name: str, vectors: np.ndarray, batch: int, inflight: int = 2) -> dict[str, Any]:
+        """All rows as JSON batches (ids = row numbers), `inflight` requests at a time, each waiting for its job.
+        The rate counts from the first request to the last job done: durable in the WAL, not yet in any index."""
+        bodies = [orjson.dumps({"vectors": vectors[s : s + batch], "ids": [str(i) for i in range(s, s + len(
+            vectors[s : s + batch]))]}, option=orjson.OPT_SERIALIZE_NUMPY) for s in range(0, len(vectors), batch)]
+
+        def send(body: bytes) -> None:
+            resp = self.client.post(f"/v1/collections/{name}/vectors", params={"wait": 300}, content=body,
+                                    headers={"content-type": "application/json"})
+            self.finish(resp, f"JSON ingest into {name}")
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(inflight) as pool:
+            list(pool.map(send, bodies))
+        seconds = time.perf_counter() - started
+        return {"format": "json", "vectors": len(vectors), "requests": len(bodies), "batch": batch,
+                "inflight": inflight, "mb": round(sum(map(len, bodies)) / 1e6, 1), "seconds": round(seconds, 3),
+                "vectors_per_s": round(len(vectors) / seconds, 1)}
+
+    def ingest_npy(self, name: str, vectors: np.ndarray) -> dict[str, Any]:
+        """The whole matrix as one .npy upload (`Content-Type: application/x-npy`); ids are generated."""
+        buf = io.BytesIO()
+        np.save(buf, vectors)
+        body = buf.getvalue()
+        started = time.perf_counter()
+        resp = self.client.post(f"/v1/collections/{name}/vectors", params={"wait": 300}, content=body,
+                                headers={"content-type": "application/x-npy"})
+        if resp.status_code in (400, 413, 415, 422):  # not supported (yet) by this build, or refused: say so
+            return {"format": "npy", "status": "n/a", "reason": f"HTTP {resp.status_code}: {resp.text[:200]}"}
+        result = self.finish(resp, f"npy ingest into {name}")
+        seconds = time.perf_counter() - started
+        count = int(result.get("count", len(vectors)))
+        return {"format": "npy", "vectors": count, "requests": 1, "mb": round(len(body) / 1e6, 1),
+                "seconds": round(seconds, 3), "vectors_per_s": round(count / seconds, 1)}
+
+    def warm(self, name: str, body: Mapping[str, Any], timeout: float = 600) -> dict[str, Any]:
+        """Search until every worker has answered, i.e. replayed the collection's WAL into its own index. The time
+        is what a freshly ingested collection costs before every worker serves it at full speed."""
+        seen: set[str] = set()
+        started = time.perf_counter()
+        first_ms = None
+        payload = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+        def one() -> str | None:
+            resp = self.client.post(f"/v1/collections/{name}/search", content=payload, params={"wait": 300},
+                                    headers={"content-type": "application/json"})
+            if resp.status_code != 200:
+                raise RuntimeError(f"warm-up search on {name}: HTTP {resp.status_code} {resp.text[:300]}")
+            return resp.json().get("worker")
+
+        with ThreadPoolExecutor(2 * self.workers) as pool:
+            while len(seen) < self.workers and time.perf_counter() - started < timeout:
+                answers = list(pool.map(lambda _: one(), range(2 * self.workers)))
+                first_ms = first_ms if first_ms is not None else (time.perf_counter() - started) * 1000
+                seen.update(a for a in answers if a)
+                if not any(answers) and self.loaded_everywhere(name):
+                    break
+        return {"seconds": round(time.perf_counter() - started, 3), "workers_answered": len(seen)}
+
+    def loaded_everywhere(self, name: str) -> bool:
+        """From the heartbeats (fallback when answers do not name their worker): every worker holds `name`."""
+        from common import keys
+
+        r = redis.Redis.from_url(self.stack.redis_url or "")  # type: ignore[union-attr]
+        try:
+            wids = [w.decode() for w in r.zrange(keys.WORKERS, 0, -1)]
+            beats = [json.loads(raw) for raw in r.mget([keys.heartbeat(w) for w in wids]) if raw] if wids else []
+        finally:
+            r.close()
+        return len(beats) >= self.workers and all(name in (b.get("collections") or {}) for b in beats)
+
+    def wal_order(self, name: str) -> tuple[np.ndarray, list[int]]:
+        """The rows in WAL order and the size of each add entry: how every worker builds its index. Read-only."""
+        from common import collections, wal
+
+        assert self.stack is not None
+        r = redis.Redis.from_url(self.stack.redis_url or "")
+        try:
+            col = collections.get(r, name)
+            rows: list[int] = []
+            sizes: list[int] = []
+            after = "0-0"
+            while True:
+                _, entries = wal.read_after(r, col, after, 64)
+                for entry in entries:
+                    if entry.op != "add":
+                        raise RuntimeError(f"unexpected {entry.op} entry in the benchmark's WAL")
+                    rows.extend(int(i) for i in entry.ids)
+                    sizes.append(len(entry.ids))
+                    after = entry.lsn
+                if len(entries) < 64:
+                    break
+        finally:
+            r.close()
+        return np.asarray(rows, dtype=np.int64), sizes

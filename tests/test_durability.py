@@ -1,0 +1,548 @@
+"""Issue 5: durability. Real processes only: private stacks (redis-server with AOF, Celery workers, the API),
+SIGKILL of real pool children, Redis stopped and started again on the same AOF."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import redis
+
+from common import jobs, keys
+from common.celery_app import ADD, POISON, make_celery
+from common.codec import encode_vectors
+from common.settings import Settings
+from tests.conftest import log_of
+from vecq.stack import ROOT, Proc, Stack, free_port
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def client(s: Stack) -> httpx.Client:
+    return httpx.Client(base_url=s.api_url or "", timeout=60)
+
+
+def create(api: httpx.Client, name: str, dim: int, index: str = "Flat", metric: str = "l2") -> dict[str, Any]:
+    resp = api.post("/v1/collections", params={"wait": 30},
+                    json={"name": name, "dim": dim, "metric": metric, "index": index})
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def add(api: httpx.Client, name: str, vectors: np.ndarray, ids: list[str]) -> dict[str, Any]:
+    resp = api.post(f"/v1/collections/{name}/vectors", params={"wait": 60},
+                    json={"vectors": np.asarray(vectors, dtype=np.float64).tolist(), "ids": ids})
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def delete(api: httpx.Client, name: str, ids: list[str]) -> dict[str, Any]:
+    resp = api.post(f"/v1/collections/{name}/vectors/delete", params={"wait": 60}, json={"ids": ids})
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def snapshot(api: httpx.Client, name: str) -> dict[str, Any]:
+    resp = api.post(f"/v1/collections/{name}/snapshot", params={"wait": 120})
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def uid_of(r: redis.Redis, name: str) -> str:
+    return r.hget(keys.collection(name), "uid").decode()
+
+
+def job(r: redis.Redis, job_id: str) -> dict[str, Any]:
+    raw = jobs.get(r, job_id)
+    assert raw is not None, f"no record for job {job_id}"
+    return jobs.public(raw)
+
+
+def wait_for(what: str, predicate: Any, timeout: float, every: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of `pid` (the prefork pool of a Celery main process), from /proc."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
+def pool_child(worker: Proc, timeout: float = 30) -> int:
+    return wait_for(f"pool child of {worker.name}", lambda: (children(worker.pid) or [0])[0], timeout)
+
+
+def main_of(s: Stack, child_pid: int) -> Proc:
+    """The stack's worker main process that owns `child_pid`: we only ever signal processes we started."""
+    for w in s.workers:
+        if child_pid in children(w.pid):
+            return w
+    raise AssertionError(f"pid {child_pid} is not a pool child of this stack's workers")
+
+
+def heartbeats(r: redis.Redis) -> dict[int, dict[str, Any]]:
+    """pid -> heartbeat of every live worker child."""
+    out = {}
+    for wid in r.zrange(keys.WORKERS, 0, -1):
+        raw = r.get(keys.heartbeat(wid.decode()))
+        if raw:
+            beat = json.loads(raw)
+            out[beat["pid"]] = beat
+    return out
+
+
+def results_by_worker(api: httpx.Client, name: str, queries: np.ndarray, workers: int, k: int = 10,
+                      tries: int = 60) -> dict[str, list[list[tuple[str, float]]]]:
+    """The same search answered by each of `workers` distinct worker processes: worker -> [(id, score)] rows."""
+    seen: dict[str, list[list[tuple[str, float]]]] = {}
+    body = {"vectors": queries.astype(np.float64).tolist(), "k": k}
+
+    def one(_: int) -> dict[str, Any]:
+        resp = api.post(f"/v1/collections/{name}/search", json=body)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    with cf.ThreadPoolExecutor(2) as pool:
+        for _ in range(tries):
+            # Two requests at once: one idle worker cannot take both, so every worker gets its turn.
+            for res in pool.map(one, range(2)):
+                seen[res["worker"]] = [[(h["id"], h["score"]) for h in row] for row in res["results"]]
+            if len(seen) >= workers:
+                return seen
+    raise AssertionError(f"only {len(seen)} of {workers} workers answered")
+
+
+def same_everywhere(by_worker: dict[str, list[list[tuple[str, float]]]]) -> list[list[tuple[str, float]]]:
+    answers = list(by_worker.values())
+    for other in answers[1:]:
+        assert other == answers[0], "workers disagree"
+    return answers[0]
+
+
+@contextlib.contextmanager
+def vecq_up(data_dir: Path, env: dict[str, str], workers: int) -> Iterator[tuple[str, str]]:
+    """Run `vecq up` (the CLI) on `data_dir`; yields (API URL, Redis URL); Ctrl-C (SIGINT) stops it."""
+    port = free_port()
+    child_env = {**os.environ, **env, "VECQ_DATA_DIR": str(data_dir), "VECQ_API_PORT": str(port),
+                 "PYTHONPATH": str(ROOT)}
+    child_env.pop("VECQ_REDIS_URL", None)
+    log_path = data_dir / "vecq-up.log"
+    with open(log_path, "ab") as log:
+        up = subprocess.Popen([sys.executable, "-m", "vecq.cli", "up", "--workers", str(workers)], env=child_env,
+                              cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
+    started = []  # its children run in sessions of their own: remember them, to stop them if it cannot
+    try:
+        api_url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            started[:] = children(up.pid)
+            assert up.poll() is None, log_path.read_text()
+            try:
+                resp = httpx.get(f"{api_url}/readyz", timeout=2)
+            except httpx.HTTPError:
+                return False
+            return resp.status_code == 200 and resp.json().get("workers", 0) >= workers
+
+        wait_for("vecq up", ready, 90, every=0.2)
+        found = re.search(r"embedded Redis at (redis://\S+)", log_path.read_text())
+        assert found, log_path.read_text()
+        yield api_url, found.group(1)
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait(5)
+        for pid in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def restart_workers(s: Stack, count: int) -> None:
+    for w in s.workers:  # the main processes only: each finishes its current job, then stops its pool
+        os.kill(w.pid, signal.SIGTERM)
+    for w in s.workers:
+        w.stop(timeout=30)
+    s.workers.clear()
+    for i in range(count):
+        s.start_worker(i + 1)
+    s.wait_ready(timeout=90, workers=count)
+
+
+def wal_entries(r: redis.Redis, name: str, uid: str) -> list[tuple[str, dict[bytes, bytes]]]:
+    return [(lsn.decode(), fields) for lsn, fields in r.xrange(keys.wal(name, uid))]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tests
+
+
+def test_sigkill_child_mid_add_job_still_succeeds_exactly_once(new_stack) -> None:  # type: ignore[no-untyped-def]
+    n, dim = 100_000, 16
+    s = new_stack(workers=2, env={"VECQ_WAL_CHUNK_BYTES": "2048"})  # 32 rows a chunk: 3,125 WAL entries
+    r = redis.Redis.from_url(s.redis_url or "")
+    settings = Settings(redis_url=s.redis_url, queue="vecq")
+    producer = make_celery(settings)
+    with client(s) as api:
+        name = f"kill-{uuid.uuid4().hex[:8]}"
+        create(api, name, dim)
+        uid = uid_of(r, name)
+        data = np.random.default_rng(5).standard_normal((n, dim)).astype(np.float32)
+        ids = [f"v{i}" for i in range(n)]
+        job_id = uuid.uuid4().hex
+        jobs.create(r, job_id, "add", name, ttl=600, total=n)  # what the API does before it sends a job
+        producer.send_task(ADD, kwargs={"collection": name, "vectors_b64": encode_vectors(data), "ids": ids},
+                           task_id=job_id, queue="vecq")
+        # Kill the child that runs the job once it has appended part of it, never all of it.
+        wait_for("a tenth of the chunks", lambda: r.xlen(keys.wal(name, uid)) >= 300, 60, every=0.005)
+        victim = int(job(r, job_id)["worker"].rsplit("-", 1)[1])
+        owner = main_of(s, victim)
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        appended_at_kill = r.xlen(keys.wal(name, uid))
+        assert appended_at_kill < 3125, "the job finished before the kill: nothing was proven"
+
+        wait_for("the redelivery", lambda: job(r, job_id)["attempts"] >= 2, 60)
+        redelivered_s = time.monotonic() - killed_at
+        done = wait_for("the job to finish",
+                        lambda: (j := job(r, job_id))["status"] in jobs.TERMINAL and j, 120, every=0.1)
+        assert done["status"] == "succeeded", done
+        assert done["attempts"] == 2 and done["result"]["count"] == n
+        assert done["progress"] == {"done": n, "total": n}  # chunks skipped on redelivery are not counted twice
+        print(f"redelivered {redelivered_s:.2f}s after SIGKILL; {appended_at_kill} of 3125 chunks were in")
+
+        # Exactly once in the log: every id in exactly one entry, one entry per chunk.
+        entries = wal_entries(r, name, uid)
+        assert len(entries) == 3125
+        logged = [vid for _, f in entries for vid in json.loads(f[b"ids"])]
+        assert len(logged) == n and logged == ids
+        assert api.get(f"/v1/collections/{name}").json()["count"] == n
+
+        # Exactly once in every worker's index: each sampled vector finds itself once, first, at distance ~0.
+        sample = np.random.default_rng(6).choice(n, 200, replace=False)
+        by_worker = results_by_worker(api, name, data[sample], workers=2, k=5)
+        for rows in by_worker.values():
+            for i, row in zip(sample, rows, strict=True):
+                got = [vid for vid, _ in row]
+                assert got[0] == f"v{i}" and got.count(f"v{i}") == 1 and row[0][1] < 1e-4, (i, row)
+        # The killed child was replaced, and its replacement reports its load time per collection.
+        new_child = pool_child(owner)
+        assert new_child != victim
+        beat = wait_for("the replacement's heartbeat", lambda: heartbeats(r).get(new_child), 30)
+        assert beat["collections"][name]["load_s"] is not None
+    r.close()
+
+
+def test_restart_all_workers_same_ids_and_scores(new_stack) -> None:  # type: ignore[no-untyped-def]
+    dim = 16
+    s = new_stack(workers=2)
+    r = redis.Redis.from_url(s.redis_url or "")
+    rng = np.random.default_rng(7)
+    queries = rng.standard_normal((50, dim))
+    with client(s) as api:
+        before: dict[str, list[list[tuple[str, float]]]] = {}
+        snapshots: dict[str, dict[str, Any]] = {}
+        for index in ("Flat", "HNSW32"):
+            name = f"rs-{index.lower()}-{uuid.uuid4().hex[:6]}"
+            create(api, name, dim, index=index)
+            data = rng.standard_normal((3000, dim))
+            add(api, name, data[:2000], [f"a{i}" for i in range(2000)])
+            delete(api, name, [f"a{i}" for i in range(0, 2000, 7)])
+            add(api, name, data[:100] + 0.01, [f"a{i}" for i in range(100)])  # upserts: tombstones
+            snap = snapshots[name] = snapshot(api, name)  # restart = newest snapshot + WAL tail
+            assert snap["dropped"] > 0
+            add(api, name, data[2000:], [f"b{i}" for i in range(1000)])
+            delete(api, name, [f"b{i}" for i in range(0, 1000, 5)])
+            before[name] = same_everywhere(results_by_worker(api, name, queries, workers=2))
+        restart_workers(s, 2)
+        for name, expected in before.items():
+            assert same_everywhere(results_by_worker(api, name, queries, workers=2)) == expected
+        # Load time per collection: in every child's heartbeat and in the worker logs.
+        pools = {c for w in s.workers for c in children(w.pid)}
+        beats = {pid: beat for pid, beat in heartbeats(r).items() if pid in pools}  # not the stopped ones
+        assert len(beats) == 2
+        for beat in beats.values():
+            for name in before:
+                assert beat["collections"][name]["load_s"] >= 0
+        logs = log_of(s, "worker1") + log_of(s, "worker2")
+        for name, snap in snapshots.items():
+            # The copy that did not take the snapshot job loaded from it lazily; both restarted ones at start.
+            assert len(re.findall(rf"loaded collection={name} vectors=\d+ snapshot_lsn={snap['lsn']} "
+                                  r"applied=\S+ seconds=[\d.]+", logs)) == 3
+    r.close()
+
+
+def test_redis_and_worker_restart_lose_no_acknowledged_write(new_stack) -> None:  # type: ignore[no-untyped-def]
+    dim = 8
+    # A small size threshold (the count one is out of reach): snapshots and trims happen on their own while
+    # writes go on, and the restarted workers start from one.
+    s = new_stack(workers=2, env={"VECQ_SNAPSHOT_EVERY_BYTES": "16384"})
+    r = redis.Redis.from_url(s.redis_url or "")
+    name = f"aof-{uuid.uuid4().hex[:8]}"
+    acked: dict[str, list[float]] = {}
+    stop = threading.Event()
+    with client(s) as api:
+        create(api, name, dim)
+        rng = np.random.default_rng(8)
+
+        def writer() -> None:
+            batch = 0
+            while not stop.is_set():
+                vectors = rng.standard_normal((20, dim))
+                ids = [f"w{batch}-{i}" for i in range(20)]
+                batch += 1
+                try:
+                    resp = api.post(f"/v1/collections/{name}/vectors", params={"wait": 10},
+                                    json={"vectors": vectors.tolist(), "ids": ids}, timeout=15)
+                except httpx.HTTPError:
+                    continue
+                if resp.status_code == 200:  # acknowledged: must survive
+                    acked.update(zip(ids, vectors.tolist(), strict=True))
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        wait_for("40 acknowledged batches", lambda: len(acked) >= 800, 60)
+        assert s.redis_proc is not None
+        s.redis_proc.stop()  # SIGTERM: what `vecq up` does on Ctrl-C
+        stop.set()
+        thread.join(30)
+        s.api.stop() if s.api else None
+        for w in s.workers:
+            w.stop(timeout=30)
+        s.workers.clear()
+    r.close()
+    assert list((s.data_dir / "snapshots").glob(f"{name}/*/CURRENT")), "no automatic snapshot was written"
+    # One snapshot request at a time: not a snapshot job for every write past the threshold.
+    logs = log_of(s, "worker1") + log_of(s, "worker2")
+    snapshot_jobs, adds = logs.count("type=snapshot "), logs.count("type=add ")
+    assert 1 <= snapshot_jobs <= adds // 4, (snapshot_jobs, adds)
+
+    # `vecq up` on the same data dir, as a user would run it again: its embedded Redis (on a port of its own
+    # this time) replays the AOF, its workers start from the newest snapshot and the WAL tail.
+    restarted_at = time.time()
+    with vecq_up(s.data_dir, s.env, workers=2) as (api_url, redis_url):
+        r = redis.Redis.from_url(redis_url)
+        with httpx.Client(base_url=api_url, timeout=60) as api:
+            info = api.get(f"/v1/collections/{name}").json()
+            assert info["snapshot_lsn"] is not None, "no automatic snapshot was taken"
+            assert info["count"] >= len(acked)
+            ids = sorted(acked)
+            vectors = np.array([acked[i] for i in ids])
+            for start in range(0, len(ids), 500):
+                chunk = slice(start, start + 500)
+                for rows in results_by_worker(api, name, vectors[chunk], workers=2, k=1).values():
+                    assert [row[0][0] for row in rows] == ids[chunk]
+            beats = [b for b in heartbeats(r).values() if b["started_at"] > restarted_at]
+            assert len(beats) == 2
+            for beat in beats:  # loaded from the snapshot, then the tail
+                assert beat["collections"][name]["load_s"] is not None
+        r.close()
+    assert f"loaded collection={name} vectors=" in (s.data_dir / "vecq-up.log").read_text()
+
+
+def test_new_worker_after_snapshot_and_trim_serves_identical_results(new_stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dim = 16
+    shared = tmp_path / "shared-snapshots"  # VECQ_SNAPSHOT_DIR: what workers on several hosts would mount
+    s = new_stack(workers=2, env={"VECQ_SNAPSHOT_DIR": str(shared)})
+    r = redis.Redis.from_url(s.redis_url or "")
+    rng = np.random.default_rng(9)
+    queries = rng.standard_normal((50, dim))
+    with client(s) as api:
+        expected = {}
+        snapshots: dict[str, dict[str, Any]] = {}
+        for index in ("Flat", "HNSW32"):
+            name = f"snap-{index.lower()}-{uuid.uuid4().hex[:6]}"
+            create(api, name, dim, index=index)
+            uid = uid_of(r, name)
+            data = rng.standard_normal((2100, dim))
+            add(api, name, data[:1500], [f"a{i}" for i in range(1500)])
+            # Both workers hold copies with tombstones before the snapshot compacts them away.
+            delete(api, name, [f"a{i}" for i in range(0, 1500, 3)])
+            add(api, name, data[:50] * 1.01, [f"a{i}" for i in range(50)])
+            same_everywhere(results_by_worker(api, name, queries, workers=2))
+            # Written but applied by neither copy: the snapshot covers it, so the copy that does not take the
+            # snapshot job finds the entries it still needs trimmed away, and must reload.
+            add(api, name, data[2000:], [f"c{i}" for i in range(100)])
+            snap = snapshots[name] = snapshot(api, name)
+            assert snap["dropped"] == 500 + 50 - 17 and snap["count"] == 1000 + 17 + 100
+            # Trimmed up to the LSN the snapshot covers, never further.
+            entries = wal_entries(r, name, uid)
+            assert [lsn for lsn, _ in entries] == [snap["lsn"]]
+            assert r.get(keys.trim(name, uid)).decode() == snap["lsn"]
+            assert Path(snap["path"]).parent.parent.parent == shared and (Path(snap["path"]) / "manifest.json").exists()
+            assert not (s.data_dir / "snapshots").exists()
+            add(api, name, data[1500:2000], [f"b{i}" for i in range(500)])  # the tail after the snapshot
+            # Every copy converges on the compacted index: same ids, same scores, on every worker.
+            expected[name] = same_everywhere(results_by_worker(api, name, queries, workers=2))
+            assert f"reloading collection={name} from snapshot_lsn={snap['lsn']}" in (
+                log_of(s, "worker1") + log_of(s, "worker2"))
+        fresh = s.start_worker(3)
+        wait_for("the new worker", lambda: len(heartbeats(r)) == 3, 60)
+        for w in s.workers[:2]:
+            w.stop(timeout=30)
+        for name, rows in expected.items():
+            assert same_everywhere(results_by_worker(api, name, queries, workers=1)) == rows
+        logs = log_of(s, "worker3")
+        for name, snap in snapshots.items():
+            assert f"loaded collection={name} vectors=1617 snapshot_lsn={snap['lsn']}" in logs
+        assert fresh.alive()
+    r.close()
+
+
+def test_poison_job_fails_after_bounded_retries(new_stack) -> None:  # type: ignore[no-untyped-def]
+    s = new_stack(workers=2)  # VECQ_ENABLE_TEST_TASKS=1, VECQ_MAX_ATTEMPTS=3 (tests/conftest.py)
+    r = redis.Redis.from_url(s.redis_url or "")
+    producer = make_celery(Settings(redis_url=s.redis_url, queue="vecq"))
+    dim = 8
+    with client(s) as api:
+        name = f"poison-{uuid.uuid4().hex[:6]}"
+        create(api, name, dim)
+        data = np.random.default_rng(10).standard_normal((100, dim))
+        add(api, name, data, [f"p{i}" for i in range(100)])
+        job_id = uuid.uuid4().hex
+        started = time.monotonic()
+        jobs.create(r, job_id, "poison", name, ttl=600)  # what the API does before it sends a job
+        producer.send_task(POISON, kwargs={"collection": name}, task_id=job_id, queue="vecq")
+        served = 0
+        while job(r, job_id)["status"] not in jobs.TERMINAL:  # other workers keep serving meanwhile
+            assert time.monotonic() - started < 90, job(r, job_id)
+            resp = api.post(f"/v1/collections/{name}/search", json={"vector": data[served % 100].tolist(), "k": 1})
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["results"][0][0]["id"] == f"p{served % 100}"
+            served += 1
+        took = time.monotonic() - started
+        done = job(r, job_id)
+        assert done["status"] == "failed" and done["error"]["code"] == "poisoned", done
+        assert done["attempts"] == 4  # 3 deliveries that each killed a child, the 4th refused to run it
+        logs = lambda: sum(log_of(s, f"worker{i}").count("exited with 'signal 9") for i in (1, 2))  # noqa: E731
+        lost = logs()
+        assert lost == 3, lost  # each delivery that ran it lost its child
+        time.sleep(3)  # no endless redelivery loop: nothing more happens to it
+        assert job(r, job_id)["attempts"] == 4 and logs() == lost
+        assert all(w.alive() for w in s.workers)
+        print(f"poison job failed after {took:.1f}s; {served} searches served meanwhile")
+    r.close()
+
+
+def test_slow_index_load_does_not_get_a_replacement_child_killed(new_stack) -> None:  # type: ignore[no-untyped-def]
+    """Celery SIGKILLs a replacement pool child that has not started within worker_proc_alive_timeout (4 s by
+    default; the first child is spared). A child loads every index before it starts, so vecq sets that
+    timeout from worker_init_timeout_s: a load longer than 4 s must go through."""
+    dim, desc, step = 64, "HNSW32", 60_000  # HNSW replays at ~8-12k vectors/s here: ~6 s
+    s = new_stack(workers=1)
+    r = redis.Redis.from_url(s.redis_url or "")
+    producer = make_celery(Settings(redis_url=s.redis_url, queue="vecq"))
+    worker = s.workers[0]
+    rng = np.random.default_rng(12)
+    with client(s) as api:
+        name = f"slow-{uuid.uuid4().hex[:6]}"
+        create(api, name, dim, index=desc)
+        n, load_s, first_rows = 0, 0.0, None
+        for round_ in range(3):  # grow the collection until its load takes over 4 s, whatever the machine
+            data = rng.standard_normal((step, dim)).astype(np.float32)
+            first_rows = data[:5] if first_rows is None else first_rows
+            job_id = uuid.uuid4().hex
+            jobs.create(r, job_id, "add", name, ttl=600, total=step)
+            producer.send_task(ADD, kwargs={"collection": name, "vectors_b64": encode_vectors(data),
+                                            "id_prefix": f"s{round_}-"}, task_id=job_id, queue="vecq")
+            assert wait_for("the add", lambda j=job_id: (x := job(r, j))["status"] in jobs.TERMINAL and x, 60,
+                            every=0.1)["status"] == "succeeded"
+            n += step
+            first = pool_child(worker)
+            os.kill(first, signal.SIGKILL)  # its replacement loads the collection (WAL replay) before it starts
+
+            def loaded(first: int = first) -> dict[str, Any] | None:
+                for pid, beat in heartbeats(r).items():
+                    if pid != first and beat["collections"].get(name, {}).get("load_s") is not None:
+                        return {"pid": pid, **beat["collections"][name]}
+                return None
+
+            beat = wait_for("the replacement's load", loaded, 120, every=0.2)
+            load_s = beat["load_s"]
+            if load_s > 4.2:
+                break
+            step = int(n * (6.0 / max(load_s, 0.5) - 1)) + 1000  # what should take it to ~6 s
+        assert load_s > 4.2, f"load took {load_s}s for {n} vectors: not slow enough to prove anything"
+        # With Celery's default the child would have been killed 4 s after its fork, before it could report.
+        assert children(worker.pid) == [beat["pid"]] and worker.alive()
+        assert "Timed out waiting for UP message" not in log_of(s, "worker1")
+        res = api.post(f"/v1/collections/{name}/search", json={"vectors": first_rows.tolist(), "k": 1,
+                                                                  "params": {"efSearch": 256}}).json()
+        assert [row[0]["id"] for row in res["results"]] == [f"s0-{i}" for i in range(5)]
+        print(f"replacement child loaded {n} HNSW vectors in {load_s:.1f}s and lived")
+    r.close()
+
+
+def test_snapshot_files_survive_a_writer_killed_half_way(tmp_path: Path) -> None:
+    """Unit: the on-disk format alone. A writer that dies before its rename leaves only a temp dir, which
+    readers never see and the next writer sweeps; tombstones survive a round trip."""
+    from common.collections import new_collection
+    from common.wal import Entry
+    from worker import snapshot_files
+    from worker.index import CollectionIndex
+
+    col = new_collection("unit", 4, "l2", "Flat")
+    copy = CollectionIndex(col)
+    copy.apply(Entry(lsn="5-0", op="add", ids=["a", "b", "c"], vectors=np.eye(3, 4, dtype="<f4").tobytes(), job="j"))
+    first = snapshot_files.write(tmp_path, copy)
+    copy.apply(Entry(lsn="6-0", op="del", ids=["b"], vectors=b"", job="k"))
+    base = snapshot_files.collection_dir(tmp_path, col)
+    (base / ".tmp-dead-writer").mkdir()  # a writer SIGKILLed half-way
+    (base / ".tmp-dead-writer" / "index.faiss").write_bytes(b"partial")
+    loaded = snapshot_files.load(tmp_path, col)
+    assert loaded is not None and loaded.applied == "5-0" and loaded.ids == ["a", "b", "c"]
+    second = snapshot_files.write(tmp_path, copy)  # not compacted: the tombstone is kept as a null id
+    assert not (base / ".tmp-dead-writer").exists() and first.exists()  # the previous one stays for readers
+    loaded = snapshot_files.load(tmp_path, col)
+    assert loaded is not None and loaded.applied == "6-0" and loaded.dead == {1} and loaded.count == 2
+    assert [[h[0] for h in row] for row in loaded.search(np.eye(3, 4, dtype="f4"), 3, {})] == [
+        ["a", "c"], ["a", "c"], ["c", "a"]]
+    snapshot_files.write(tmp_path, loaded.compacted())
+    assert not first.exists() and second.exists()  # two kept, older ones removed
+    assert snapshot_files.current_lsn(tmp_path, col) == "6-0"
+
+
+def test_snapshot_lock_one_at_a_time_but_a_redelivery_takes_its_own_back(new_stack) -> None:  # type: ignore[no-untyped-def]
+    from common import snapshots
+    from common.collections import new_collection
+
+    s = new_stack(workers=0, api=False)  # a Redis only
+    r = redis.Redis.from_url(s.redis_url or "")
+    col = new_collection("locked", 4, "l2", "Flat")
+    assert snapshots.lock(r, col, 60, owner="job-a") == "job-a"
+    assert snapshots.lock(r, col, 60, owner="job-b") is None  # one snapshot per collection at a time
+    assert snapshots.lock(r, col, 60) is None
+    assert snapshots.lock(r, col, 60, owner="job-a") == "job-a"  # job-a redelivered after its worker died
+    snapshots.unlock(r, col, "job-b")  # not the holder: no effect
+    assert snapshots.lock(r, col, 60, owner="job-b") is None
+    snapshots.unlock(r, col, "job-a")
+    assert snapshots.lock(r, col, 60, owner="job-b") == "job-b"
+    r.close()

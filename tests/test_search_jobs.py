@@ -1,0 +1,195 @@
+"""Issue 4 (search jobs: sync wait, POST-then-poll, scale) and issue 10 (coalescing keeps answers exact)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.helpers import add, ids_of, search, wait_job
+from vecq.stack import Stack
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
+def _create(url: str, name: str, dim: int, index: str = "Flat") -> None:
+    resp = httpx.post(f"{url}/v1/collections", json={"name": name, "dim": dim, "index": index}, timeout=60)
+    assert resp.status_code == 201, resp.text
+
+
+async def _burst(url: str, name: str, queries: np.ndarray, k: int) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=len(queries), max_keepalive_connections=len(queries))
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        return await asyncio.gather(*[
+            client.post(f"/v1/collections/{name}/search", json={"vector": q.tolist(), "k": k}) for q in queries
+        ])
+
+
+def test_500_concurrent_sync_searches_coalescing_on_and_off(new_stack) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = new_stack(workers=2)
+    off_url = stack.api_url
+    rng = np.random.default_rng(10)
+    name = "burst"
+    data = rng.standard_normal((5000, 32)).astype(np.float32)
+    _create(stack.api_url or "", name, 32)
+    with httpx.Client(base_url=stack.api_url or "", timeout=60) as client:
+        for start in range(0, 5000, 2500):
+            add(client, name, data[start : start + 2500], ids=[f"v{i}" for i in range(start, start + 2500)])
+    picks = rng.choice(5000, 500, replace=False)
+    queries = data[picks] + rng.standard_normal((500, 32)).astype(np.float32) * 0.01
+    answers: dict[str, list[list[str]]] = {}
+    for mode in ("on", "off"):
+        if mode == "off":
+            stack.api.stop()  # type: ignore[union-attr]
+            off_url = stack.start_api(extra_env={"VECQ_COALESCE": "0"})
+            stack.wait_ready(workers=2)
+        api_pid = stack.api.pid  # type: ignore[union-attr]
+        peak = [_threads(api_pid)]
+        stop = threading.Event()
+
+        def sample(pid: int, stop: threading.Event, peak: list[int]) -> None:
+            while not stop.is_set():
+                peak.append(_threads(pid))
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample, args=(api_pid, stop, peak))
+        sampler.start()
+        try:
+            responses = asyncio.run(_burst(off_url or "", name, queries, 5))
+        finally:
+            stop.set()
+            sampler.join()
+        assert [r.status_code for r in responses] == [200] * 500, {r.status_code for r in responses}
+        answers[mode] = [[h["id"] for h in r.json()["results"][0]] for r in responses]
+        assert [row[0] for row in answers[mode]] == [f"v{i}" for i in picks]
+        # No thread per waiting request: the thread count stays far below the 500 requests in flight.
+        assert max(peak) <= 16, max(peak)
+    assert answers["on"] == answers["off"]
+
+
+def test_post_then_poll_matches_sync(api: httpx.Client, make_collection) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(11)
+    name = make_collection(dim=8)
+    data = rng.standard_normal((300, 8))
+    add(api, name, data, ids=[f"p{i}" for i in range(300)], metadata=[{"i": i} for i in range(300)])
+    body = {"vectors": data[:3].tolist(), "k": 4, "include_metadata": True}
+    queued = api.post(f"/v1/collections/{name}/search", params={"wait": 0}, json=body)
+    assert queued.status_code == 202
+    ticket = queued.json()
+    assert ticket["status"] == "queued" and ticket["status_url"] == f"/v1/jobs/{ticket['job_id']}"
+    job = wait_job(api, ticket["job_id"])
+    assert job["status"] == "succeeded" and job["type"] == "search" and job["collection"] == name
+    assert job["submitted_at"] <= job["started_at"] <= job["finished_at"]
+    sync = api.post(f"/v1/collections/{name}/search", json=body).json()
+    assert job["result"]["results"] == sync["results"]
+    assert [row[0]["id"] for row in sync["results"]] == ["p0", "p1", "p2"]
+    assert sync["results"][0][0]["metadata"] == {"i": 0}
+
+
+def test_unknown_and_expired_jobs_are_404(stack: Stack, api: httpx.Client, make_collection) -> None:  # type: ignore[no-untyped-def]
+    assert api.get(f"/v1/jobs/{uuid.uuid4().hex}").status_code == 404
+    assert api.get(f"/v1/jobs/{uuid.uuid4().hex}", params={"wait": 1}).status_code == 404
+    missing = api.delete(f"/v1/jobs/{uuid.uuid4().hex}")
+    assert missing.status_code == 404 and missing.json()["error"]["field"] == "job_id"
+    name = make_collection(dim=2)
+    # a second API process on the same Redis whose job records live one second
+    short = Stack(data_dir=stack.data_dir, env={"VECQ_JOB_TTL_S": "1"}, redis_url=stack.redis_url,
+                  log_dir=stack.log_dir)
+    url = short.start_api()
+    try:
+        short.wait_ready()
+        ticket = httpx.post(f"{url}/v1/collections/{name}/search", params={"wait": 0},
+                            json={"vector": [0, 1]}, timeout=30).json()
+        assert api.get(f"/v1/jobs/{ticket['job_id']}").status_code == 200
+        time.sleep(2.5)
+        assert api.get(f"/v1/jobs/{ticket['job_id']}").status_code == 404
+    finally:
+        short.stop()
+
+
+def test_failed_job_maps_to_status(api: httpx.Client, make_collection) -> None:  # type: ignore[no-untyped-def]
+    name = make_collection(dim=2)
+    add(api, name, [[0, 1]], ids=["a"])
+    # efSearch on a Flat index: the worker refuses it; sync → 422 naming the field, async → failed job
+    resp = api.post(f"/v1/collections/{name}/search", json={"vector": [0, 1], "params": {"efSearch": 16}})
+    assert resp.status_code == 422 and resp.json()["error"]["field"] == "params.efSearch"
+    ticket = api.post(f"/v1/collections/{name}/search", params={"wait": 0},
+                      json={"vector": [0, 1], "params": {"efSearch": 16}}).json()
+    job = wait_job(api, ticket["job_id"])
+    assert job["status"] == "failed" and job["error"]["field"] == "params.efSearch"
+    assert api.delete(f"/v1/jobs/{ticket['job_id']}").status_code == 409
+    assert api.post("/v1/collections/nope-nope/search", json={"vector": [0, 1]}).status_code == 404
+
+
+def test_no_workers_then_202_then_completes(new_stack) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = new_stack(workers=1)
+    url = stack.api_url or ""
+    _create(url, "late", 2)
+    with httpx.Client(base_url=url, timeout=60) as client:
+        add(client, "late", [[0, 1], [1, 0]], ids=["a", "b"])
+        stack.workers[0].stop()
+        stack.workers.clear()
+        started = time.monotonic()
+        resp = client.post("/v1/collections/late/search", params={"wait": 2}, json={"vector": [1, 0.1], "k": 1})
+        elapsed = time.monotonic() - started
+        assert resp.status_code == 202, resp.text
+        assert 1.9 <= elapsed < 4, elapsed
+        job_id = resp.json()["job_id"]
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+        # a queued job can be canceled, and then never runs
+        doomed = client.post("/v1/collections/late/search", params={"wait": 0}, json={"vector": [0, 1]}).json()
+        canceled = client.delete(f"/v1/jobs/{doomed['job_id']}")
+        assert canceled.status_code == 202 and canceled.json()["status"] == "canceled"
+        stack.start_worker()
+        job = wait_job(client, job_id, timeout=60)
+        assert job["status"] == "succeeded" and ids_of(job["result"]) == [["b"]]
+        assert client.get(f"/v1/jobs/{doomed['job_id']}").json()["status"] == "canceled"
+
+
+def test_redis_down_is_503_not_a_hang(new_stack) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = new_stack(workers=1)
+    url = stack.api_url or ""
+    _create(url, "gone", 2)
+    stack.redis_proc.stop()  # type: ignore[union-attr]
+    started = time.monotonic()
+    resp = httpx.post(f"{url}/v1/collections/gone/search", params={"wait": 5}, json={"vector": [0, 1]}, timeout=30)
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "unavailable"
+    assert time.monotonic() - started < 5
+    assert httpx.get(f"{url}/readyz", timeout=10).status_code == 503
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("index", ["Flat", "HNSW32"])
+def test_mixed_k_and_flags_in_one_burst(api: httpx.Client, make_collection, index: str) -> None:  # type: ignore[no-untyped-def]
+    """Coalesced requests with different k and include flags each get exactly their own answer."""
+    rng = np.random.default_rng(12)
+    name = make_collection(dim=8, index=index)
+    data = rng.standard_normal((400, 8))
+    add(api, name, data, ids=[f"m{i}" for i in range(400)], metadata=[{"i": i} for i in range(400)])
+    bodies = [{"vector": data[i].tolist(), "k": 1 + i % 7, "include_metadata": i % 2 == 0,
+               "include_vectors": i % 3 == 0} for i in range(60)]
+    want = [search(api, name, [b["vector"]], k=b["k"])["results"][0] for b in bodies]
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=str(api.base_url), timeout=60) as client:
+            return await asyncio.gather(*[client.post(f"/v1/collections/{name}/search", json=b) for b in bodies])
+
+    for b, resp, expected in zip(bodies, asyncio.run(burst()), want, strict=True):
+        assert resp.status_code == 200
+        row = resp.json()["results"][0]
+        assert [h["id"] for h in row] == [h["id"] for h in expected] and len(row) == b["k"]
+        assert all(("metadata" in h) == b["include_metadata"] for h in row)
+        assert all(("vector" in h) == b["include_vectors"] for h in row)
+        if b["include_metadata"]:
+            assert row[0]["metadata"] == {"i": int(row[0]["id"][1:])}
