@@ -208,6 +208,12 @@ class Run:
             raise RuntimeError("the WAL does not hold every row exactly once")
         order_path = self.tmp / f"order-{name}.npy"
         np.save(order_path, order)
+        snap = self.vecq.snapshot(name)
+        if self.vecq.rebuilt_by_snapshots(spec):  # the snapshot re-added every vector in WAL order, in one add
+            sizes = [int(sum(sizes))]
+        rewarm = self.vecq.warm(name, {"vector": self.ds.queries[0], **self.template(spec)})
+        say(f"  snapshot at {snap['lsn']} in {snap['seconds']} s; every worker reloaded it after "
+            f"{rewarm['seconds']} s")
 
         say(f"{spec}: in-process FAISS")
         inproc = self.inprocess(spec, order_path, sizes)
@@ -235,7 +241,8 @@ class Run:
             f"{vq['coalesce_off']['recall']}, on {vq['coalesce_on']['recall']}; identical ids on/off "
             f"{ids['on_vs_off']['fraction']}, off/in-process {ids['off_vs_inprocess']['fraction']}")
         return {"index": spec, "collection": name, "wal_entries": len(sizes), "inprocess": inproc, "naive": naive,
-                "vecq": {"ingest": {"json": ingest}, "warm": warm, **vq, "identical_ids": ids}}
+                "vecq": {"ingest": {"json": ingest}, "warm": warm, "snapshot": snap, "rewarm": rewarm, **vq,
+                         "identical_ids": ids}}
 
     def tune_row(self, url: str, tmpl: dict[str, Any], settings: dict[str, int]) -> dict[str, Any]:
         row: dict[str, Any] = {**settings, "levels": {}}

@@ -168,6 +168,19 @@ class Vecq:
         return {"format": "npy", "vectors": count, "requests": 1, "mb": round(len(body) / 1e6, 1),
                 "seconds": round(seconds, 3), "vectors_per_s": round(count / seconds, 1)}
 
+    @staticmethod
+    def rebuilt_by_snapshots(spec: str) -> bool:
+        """Mirrors worker/index.py CollectionIndex.rebuilt_by_snapshots (the benchmark never imports faiss)."""
+        return spec.upper().startswith("HNSW")
+
+    def snapshot(self, name: str) -> dict[str, Any]:
+        """Snapshot now, as the automatic trigger would after a while in production: an HNSW collection is
+        rebuilt with one add there, and every worker then reloads that graph."""
+        resp = self.client.post(f"/v1/collections/{name}/snapshot", params={"wait": 300})
+        if resp.status_code != 200:
+            raise RuntimeError(f"snapshot of {name}: HTTP {resp.status_code} {resp.text[:300]}")
+        return resp.json()
+
     def warm(self, name: str, body: Mapping[str, Any], timeout: float = 600) -> dict[str, Any]:
         """Search until every worker has answered, i.e. replayed the collection's WAL into its own index. The time
         is what a freshly ingested collection costs before every worker serves it at full speed."""

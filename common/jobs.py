@@ -230,12 +230,12 @@ def claim_delivery(r: redis.Redis, batch_id: str, *, max_attempts: int, ttl: int
 _FINISH_MEMBER = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'succeeded' or status == 'failed' or status == 'canceled' then return 0 end
-local existed = status ~= false
 redis.call('HSET', KEYS[1], 'job_id', ARGV[1], 'type', 'search', 'collection', ARGV[2], 'scope', ARGV[3],
            'status', ARGV[4], 'started_at', ARGV[5], 'finished_at', ARGV[6], ARGV[7], ARGV[8], 'worker', ARGV[11])
-redis.call('HSETNX', KEYS[1], 'submitted_at', ARGV[9])
-redis.call('HSETNX', KEYS[1], 'attempts', '1')
-if not existed then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[10])) end  -- else keep the API's TTL
+if not status then  -- first sight of this record (else the API made it, with its TTL and submitted_at)
+  redis.call('HSET', KEYS[1], 'submitted_at', ARGV[9], 'attempts', '1')
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[10]))
+end
 for _, channel in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('PUBLISH', channel, ARGV[12]) end
 return 1
 """
