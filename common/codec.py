@@ -7,7 +7,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -96,7 +96,8 @@ def check_ids(ids: Any, n: int, max_length: int, field: str = "ids") -> list[str
     return ids
 
 
-def check_metadata(metadata: Any, n: int, max_bytes: int, field: str = "metadata") -> list[str | None]:
+def check_metadata(metadata: Any, n: int, max_bytes: int, field: str = "metadata",
+                   json_default: Callable[[Any], Any] | None = None) -> list[str | None]:
     """Each entry a JSON object (or null) of at most max_bytes; returned already serialized."""
     if not isinstance(metadata, list):
         raise InvalidInput("must be a list of objects", field)
@@ -110,7 +111,7 @@ def check_metadata(metadata: Any, n: int, max_bytes: int, field: str = "metadata
         if not isinstance(item, dict):
             raise InvalidInput("must be a JSON object or null", f"{field}[{i}]")
         try:
-            text = json.dumps(item, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            text = json.dumps(item, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=json_default)
         except (ValueError, TypeError) as exc:
             raise InvalidInput(f"is not valid JSON: {exc}", f"{field}[{i}]") from None
         if len(text.encode()) > max_bytes:

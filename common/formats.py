@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import io
-import json
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from common.codec import check_ids
+from common.codec import check_ids, check_metadata
 from common.errors import InvalidInput
 
 NPY_MAGIC = npy_format.MAGIC_PREFIX  # b"\x93NUMPY"
@@ -274,18 +273,5 @@ def table_metadata(table: pa.Table, max_bytes: int) -> list[str | None] | None:
     names = [n for n in table.column_names if n not in (ID_COLUMN, VECTOR_COLUMN)]
     if not names:
         return None
-    out: list[str | None] = []
-    for i, row in enumerate(table.select(names).to_pylist()):
-        item = {k: v for k, v in row.items() if v is not None}
-        if not item:
-            out.append(None)
-            continue
-        try:
-            text = json.dumps(item, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
-                              default=_json_default)
-        except (ValueError, TypeError) as exc:
-            raise InvalidInput(f"is not valid JSON: {exc}", f"metadata[{i}]") from None
-        if len(text.encode()) > max_bytes:
-            raise InvalidInput(f"larger than {max_bytes} bytes", f"metadata[{i}]")
-        out.append(text)
-    return out
+    rows = [{k: v for k, v in row.items() if v is not None} or None for row in table.select(names).to_pylist()]
+    return check_metadata(rows, len(rows), max_bytes, json_default=_json_default)

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     coalesce: bool = Field(True, description="Batch concurrent searches of one collection into one job.")
     coalesce_max_batch: int = Field(256, ge=1, description="Query vectors per coalesced job.")
     coalesce_max_delay_ms: float = Field(2.0, ge=0, description="Longest a search waits to join a batch.")
-    coalesce_max_inflight: int = Field(2, ge=1, description="Batches of one lane in flight before others wait.")
+    coalesce_max_inflight: int = Field(1, ge=1, description="Batches of one lane in flight before others wait.")
 
     blob_ttl_s: int = Field(
         3600, ge=60, description="How long an upload (.npy, Parquet) waits in Redis for its ingest job to use it."

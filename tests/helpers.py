@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -68,3 +69,14 @@ def brute_force(data: np.ndarray, queries: np.ndarray, k: int, metric: str) -> t
         scores = q64 @ data64.T
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return order, np.take_along_axis(scores, order, axis=1)
+
+
+def pool_children(pid: int) -> list[int]:
+    """Direct children of `pid` (the prefork pool of a Celery main process), from /proc."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out

@@ -27,6 +27,7 @@ from common.celery_app import ADD, POISON, make_celery
 from common.codec import encode_vectors
 from common.settings import Settings
 from tests.conftest import log_of
+from tests.helpers import pool_children
 from vecq.stack import ROOT, Proc, Stack, free_port
 
 # ---------------------------------------------------------------------------------------------------------
@@ -84,25 +85,14 @@ def wait_for(what: str, predicate: Any, timeout: float, every: float = 0.05) -> 
         time.sleep(every)
 
 
-def children(pid: int) -> list[int]:
-    """Direct children of `pid` (the prefork pool of a Celery main process), from /proc."""
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return out
-
-
 def pool_child(worker: Proc, timeout: float = 30) -> int:
-    return wait_for(f"pool child of {worker.name}", lambda: (children(worker.pid) or [0])[0], timeout)
+    return wait_for(f"pool child of {worker.name}", lambda: (pool_children(worker.pid) or [0])[0], timeout)
 
 
 def main_of(s: Stack, child_pid: int) -> Proc:
     """The stack's worker main process that owns `child_pid`: we only ever signal processes we started."""
     for w in s.workers:
-        if child_pid in children(w.pid):
+        if child_pid in pool_children(w.pid):
             return w
     raise AssertionError(f"pid {child_pid} is not a pool child of this stack's workers")
 
@@ -162,7 +152,7 @@ def vecq_up(data_dir: Path, env: dict[str, str], workers: int) -> Iterator[tuple
         api_url = f"http://127.0.0.1:{port}"
 
         def ready() -> bool:
-            started[:] = children(up.pid)
+            started[:] = pool_children(up.pid)
             assert up.poll() is None, log_path.read_text()
             try:
                 resp = httpx.get(f"{api_url}/readyz", timeout=2)
@@ -286,7 +276,7 @@ def test_restart_all_workers_same_ids_and_scores(new_stack) -> None:  # type: ig
         for name, expected in before.items():
             assert same_everywhere(results_by_worker(api, name, queries, workers=2)) == expected
         # Load time per collection: in every child's heartbeat and in the worker logs.
-        pools = {c for w in s.workers for c in children(w.pid)}
+        pools = {c for w in s.workers for c in pool_children(w.pid)}
         beats = {pid: beat for pid, beat in heartbeats(r).items() if pid in pools}  # not the stopped ones
         assert len(beats) == 2
         for beat in beats.values():
@@ -492,7 +482,7 @@ def test_slow_index_load_does_not_get_a_replacement_child_killed(new_stack) -> N
             step = int(n * (6.0 / max(load_s, 0.5) - 1)) + 1000  # what should take it to ~6 s
         assert load_s > 4.2, f"load took {load_s}s for {n} vectors: not slow enough to prove anything"
         # With Celery's default the child would have been killed 4 s after its fork, before it could report.
-        assert children(worker.pid) == [beat["pid"]] and worker.alive()
+        assert pool_children(worker.pid) == [beat["pid"]] and worker.alive()
         assert "Timed out waiting for UP message" not in log_of(s, "worker1")
         res = api.post(f"/v1/collections/{name}/search", json={"vectors": first_rows.tolist(), "k": 1,
                                                                   "params": {"efSearch": 256}}).json()

@@ -24,7 +24,7 @@ from common import blobs, formats, jobs
 from common.celery_app import ADD, make_celery
 from common.errors import InvalidInput
 from common.settings import Settings
-from tests.helpers import count, ids_of, search, wait_job
+from tests.helpers import count, ids_of, pool_children, search, wait_job
 from vecq.client import AsyncClient, Client, JobFailed, VecqHTTPError
 from vecq.stack import ROOT, Stack
 
@@ -456,17 +456,6 @@ def test_direct_submission_from_another_process(stack: Stack, api: httpx.Client,
 
 
 # At least once delivery, exactly once effect ---------------------------------------------------------------
-
-
-def pool_children(pid: int) -> list[int]:
-    """The prefork pool children of a worker main process we started, from /proc."""
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return out
 
 
 def running_parts(r: redis.Redis) -> dict[int, str]:
