@@ -67,9 +67,13 @@ class Dispatcher:
                 raise
             outcome = await self.waiter.wait(job_id, future, wait)
         if outcome is None:
-            raw = await jobs.aget(self.r, job_id)
-            return Pending(job_id, jobs.public(raw)["status"] if raw else "queued")
+            return await self.pending(job_id)
         return result_of(outcome)
+
+    async def pending(self, job_id: str) -> Pending:
+        """The 202 for a job whose wait ran out, with the status its record has now."""
+        raw = await jobs.aget(self.r, job_id)
+        return Pending(job_id, jobs.public(raw)["status"] if raw else "queued")
 
 
 def result_of(outcome: dict[str, Any]) -> Any:

@@ -107,8 +107,7 @@ class Searcher:
             outcome = await waiter.wait(job_id, future, min(wait, self.settings.wait_max_s))
         if outcome is None:
             await self._record(col, entry)
-            raw = await jobs.aget(self.dispatcher.r, job_id)
-            return Pending(job_id, jobs.public(raw)["status"] if raw else "queued")
+            return await self.dispatcher.pending(job_id)
         return result_of(outcome)
 
     async def _record(self, col: Collection, entry: Entry) -> None:

@@ -38,10 +38,6 @@ class JobWaiter:
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
 
-    @property
-    def waiting(self) -> int:
-        return self._waiting
-
     async def start(self, timeout: float = 2.0) -> None:
         self._task = asyncio.create_task(self._listen(), name="vecq-job-listener")
         with contextlib.suppress(TimeoutError):

@@ -123,10 +123,14 @@ class AsyncWriter:
         if len(self._buffer) >= self.flush_bytes:
             await self._flush()
 
-    async def _flush(self) -> None:
+    async def _drain(self) -> None:
         if self._inflight is not None:
             await self._inflight
             self._inflight = None
+
+    async def _flush(self) -> None:
+        """Start appending the buffer (one append in flight at a time, overlapping the next reads)."""
+        await self._drain()
         if not self._buffer:
             return
         data, self._buffer = bytes(self._buffer), bytearray()
@@ -156,7 +160,7 @@ class AsyncWriter:
     async def finish(self) -> None:
         """Everything written is in Redis."""
         await self._flush()
-        await self._flush()
+        await self._drain()
 
     async def commit(self, **attrs: str | int) -> Blob:
         await self.finish()
@@ -219,12 +223,6 @@ def read(r: redis.Redis, blob: Blob, start: int = 0, end: int | None = None) -> 
     if len(data) != max(0, end - max(0, start)):
         raise NotFound(f"blob {blob.id!r} expired while being read", "blob")
     return data
-
-
-def iter_read(r: redis.Redis, blob: Blob, start: int, end: int, step: int = READ_BYTES) -> Iterator[bytes]:
-    """[start, end) in pieces of at most `step` bytes: a whole upload without holding it at once."""
-    for offset in range(start, end, step):
-        yield read(r, blob, offset, min(end, offset + step))
 
 
 def get_part(r: redis.Redis, blob_id: str, row: int) -> bytes:

@@ -12,7 +12,6 @@ from common.codec import index_description_problem
 # strict: no "1.5" strings or true/false in vectors; allow_inf_nan=False: no NaN/Infinity, no 1e309.
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Vector = Annotated[list[Number], Field(min_length=1)]
-StrictInt = Annotated[int, Field(strict=True)]
 StrictBool = Annotated[bool, Field(strict=True)]
 VectorId = Annotated[str, Field(min_length=1)]
 Lsn = Annotated[str, Field(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$")]

@@ -11,7 +11,7 @@ import redis
 import redis.asyncio as aredis
 
 from common import keys
-from common.codec import ZERO_LSN, Lsn
+from common.codec import Lsn
 from common.collections import Collection
 
 
@@ -88,11 +88,6 @@ def record(r: redis.Redis, col: Collection, lsn: Lsn, count: int, seconds: float
 def settled(r: redis.Redis, col: Collection) -> None:
     """The requested snapshot ran (or gave up): the next write past the threshold may request another."""
     r.hdel(keys.snapshot_state(col.name, col.uid), "requested_at")
-
-
-def last_lsn(r: redis.Redis, col: Collection) -> Lsn:
-    lsn = r.hget(keys.snapshot_state(col.name, col.uid), "lsn")
-    return lsn.decode() if lsn else ZERO_LSN
 
 
 async def alast_lsn(r: aredis.Redis, col: Collection) -> Lsn | None:

@@ -131,10 +131,6 @@ def metadata(r: redis.Redis, col: Collection, ids: Sequence[str]) -> list[dict |
     return [json.loads(m) if m else None for m in raw]
 
 
-def exists(r: redis.Redis, col: Collection, vector_id: str) -> bool:
-    return bool(r.hexists(keys.docs(col.name, col.uid), vector_id))
-
-
 def trim(r: redis.Redis, col: Collection, upto: Lsn) -> None:
     """Forget entries before `upto`, which a snapshot covers. The mark is set first, so a reader never
     misses a gap: it either sees entries still there or the mark that sends it to the snapshot."""

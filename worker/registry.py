@@ -45,8 +45,10 @@ class Registry:
                 raise InvalidInput("consistency 'session' needs min_lsn", "min_lsn")
             if lsn_at_least(copy.applied, min_lsn):
                 return copy
+        before = (copy, copy.applied)
         copy = self.catch_up(copy)
-        self.index_bytes[col.name] = index_bytes(copy.index)
+        if (copy, copy.applied) != before:  # only a changed index changes its size: keep it off the hot path
+            self.index_bytes[col.name] = index_bytes(copy.index)
         if consistency == "session" and min_lsn and not lsn_at_least(copy.applied, min_lsn):
             raise InvalidInput(f"min_lsn {min_lsn} is beyond the end of the log ({copy.applied})", "min_lsn")
         return copy
