@@ -8,6 +8,7 @@ import redis.asyncio as aredis
 from fastapi import Depends, Path, Query, Request
 
 from api.auth import Principal, authenticate
+from api.catalog import CollectionCache
 from api.dispatch import Dispatcher
 from common import keys
 from common.collections import Collection, aget
@@ -26,9 +27,14 @@ async def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 
+async def get_catalog(request: Request) -> CollectionCache:
+    return request.app.state.catalog
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[aredis.Redis, Depends(get_redis)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+CatalogDep = Annotated[CollectionCache, Depends(get_catalog)]
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
 CollectionName = Annotated[str, Path(pattern=keys.COLLECTION_NAME.pattern, max_length=64)]
 WaitWrite = Annotated[float, Query(ge=0, le=300, description="Seconds to wait for the job (0: 202 at once).")]

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aredis
 from celery import Celery
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
-from api.waiter import JobWaiter
+from api.waiter import JobWaiter, Outcome
 from common import errors, jobs
 from common.settings import Settings
 
@@ -26,6 +28,16 @@ class Pending:
                              "status_url": f"/v1/jobs/{self.job_id}"}, status_code=202)
 
 
+@dataclass(frozen=True)
+class RawResult:
+    """A finished job's result as the worker encoded it: sent as the response body without parsing it."""
+
+    body: bytes
+
+    def response(self) -> Response:
+        return Response(self.body, media_type="application/json")
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
@@ -36,13 +48,26 @@ class Dispatcher:
         self.celery = celery
         self.waiter = waiter
         self.settings = settings
+        self._publish_inline = True
 
     async def send(self, task: str, job_id: str, kwargs: dict[str, Any]) -> None:
-        # kombu publishes synchronously; a worker thread keeps the event loop free (the pool is bounded).
-        # ignore_result: outcomes come from job records; otherwise Celery subscribes to a result channel
-        # per task (the shared pub/sub that breaks under concurrency, celery#4480).
-        await asyncio.to_thread(self.celery.send_task, task, kwargs=kwargs, task_id=job_id,
-                                queue=self.settings.queue, ignore_result=True)
+        """Publish a job. ignore_result: outcomes come from job records; otherwise Celery subscribes to a result
+        channel per task (the shared pub/sub that breaks under concurrency, celery#4480)."""
+        publish = functools.partial(self.celery.send_task, task, kwargs=kwargs, task_id=job_id,
+                                    queue=self.settings.queue, ignore_result=True)
+        if self._publish_inline:
+            # kombu publishes synchronously, but it is one LPUSH on an open connection (well under a
+            # millisecond): done right here. Handed to a thread it took 5-20 ms under load, the time for the busy
+            # event loop to come back for the thread's result, and a coalesced batch waited all that time.
+            try:
+                publish(retry=False)
+                return
+            except Exception:
+                # Redis may be going away: publish through a thread (with Celery's retries) until one succeeds,
+                # so that an outage blocks the event loop once, for at most the broker socket timeout.
+                self._publish_inline = False
+        await asyncio.to_thread(publish)
+        self._publish_inline = True
 
     async def submit(self, job_type: str, task: str, collection: str | None, kwargs: dict[str, Any], *,
                      wait: float, scope: str = "", total: int | None = None,
@@ -76,8 +101,13 @@ class Dispatcher:
         return Pending(job_id, jobs.public(raw)["status"] if raw else "queued")
 
 
-def result_of(outcome: dict[str, Any]) -> Any:
-    """A finished job's result, or its error raised with the status that matches its cause."""
+def result_of(outcome: Outcome) -> Any:
+    """A finished job's result (a RawResult for a search member), or its error raised with the status that
+    matches its cause."""
+    if isinstance(outcome, jobs.MemberOutcome):
+        if outcome.status == "succeeded":
+            return RawResult(outcome.raw)
+        outcome = {"status": outcome.status, "error": json.loads(outcome.raw)}
     if outcome.get("status") == "succeeded":
         return outcome.get("result")
     error = outcome.get("error") or {"code": "internal", "message": "job failed", "field": None}

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from api import errors, metrics
 from api.auth import KeyCheck, load_keys
+from api.catalog import CollectionCache
 from api.dispatch import Dispatcher
 from api.limits import BodyLimits
 from api.routes import collections, health, jobs, ops, search, vectors
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dispatcher = Dispatcher(r, app.state.celery, waiter, settings)
         app.state.redis, app.state.waiter, app.state.dispatcher = r, waiter, dispatcher
         app.state.searcher = Searcher(dispatcher, settings)
+        app.state.catalog = CollectionCache(r, settings.collection_cache_s)
         try:
             yield
         finally:

@@ -2,28 +2,39 @@
 
 FAISS answers a batch of queries many times faster per query than one at a time, and every Celery round
 trip costs milliseconds. So concurrent searches of one collection with the same consistency and parameters
-share a lane: a request goes out at once while fewer than `coalesce_max_inflight` batches of its lane are
-running (no added latency when idle); otherwise it waits until a batch comes back, or `coalesce_max_delay_ms`
-at most, and leaves with everything that queued meanwhile (up to `coalesce_max_batch` query vectors).
-Each request keeps its own job id; the batch is one Celery message whose `members` say which rows belong
-to which job, and `reply_to` names this process's listener. The worker writes each member's record when it
-finishes and sends all outcomes in one message, so a synchronous search costs the API no Redis write; a
-member whose id is about to be shown (wait=0, or the wait ran out) gets its record first. Nothing is shared
-between API processes.
+share a lane, and a lane sends its pending requests as batches (one Celery message, one FAISS call each), at
+most `coalesce_max_inflight` at a time (by default the workers' number shared out among the API processes: each
+worker can run a batch while an API process answers the clients of another).
+
+How big a batch: the lane's searches are spread evenly over its slots. The lane counts the requests it holds
+(pending and in flight) plus the followers it expects: when a batch of n waiting requests comes back, their
+clients usually send their next searches right away (an app's worker pool, any closed loop), but the API reads
+them one by one. A free slot takes its share, total / slots, as soon as that many are pending, or whatever
+is pending when no follower is expected: so a lone search leaves at once (at the end of the current event-loop
+turn), and under load the groups of clients stay whole instead of the first follower of a group going alone
+and splitting it for good. No request waits for followers longer than `coalesce_max_delay_ms`; a batch holds
+at most `coalesce_max_batch` query vectors.
+
+Each request keeps its own job id; the batch's `members` say which rows belong to which job, and `reply_to`
+names this process's listener. The worker writes each member's record when it finishes and sends all outcomes
+in one message, so a synchronous search costs the API no Redis write; a member whose id is about to be shown
+(wait=0, or the wait ran out) gets its record first. Nothing is shared between API processes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
+from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from api.dispatch import Dispatcher, Pending, new_job_id, result_of
+from api.dispatch import Dispatcher, Pending, RawResult, new_job_id, result_of
 from common import codec, jobs
 from common.celery_app import SEARCH
 from common.collections import Collection
@@ -31,6 +42,9 @@ from common.schemas import SearchRequest
 from common.settings import Settings
 
 BATCH_DONE_TIMEOUT_S = 60.0  # a lane slot is freed after this even if its batch never reports back
+# Followers are expected for this many max delays after their batch came back: the API writes the group's
+# responses and reads its next requests one by one, which takes a while for a big group.
+FOLLOWERS_WITHIN = 4
 
 
 def search_kwargs(col: Collection, queries: np.ndarray, body: SearchRequest) -> dict[str, Any]:
@@ -46,7 +60,9 @@ class Entry:
     body: SearchRequest
     scope: str
     sent: asyncio.Future[None]
+    waiting: bool = True  # the client waits for the hits (and, having them, is likely to search again)
     submitted_at: float = field(default_factory=time.time)
+    queued_at: float = field(default_factory=time.monotonic)
 
     def member(self, ttl: int) -> dict[str, Any]:
         return {"job_id": self.job_id, "n": len(self.queries), "k": self.body.k,
@@ -55,20 +71,53 @@ class Entry:
 
 
 @dataclass
+class Followers:
+    """The next searches expected from the clients of a batch that came back."""
+
+    missing: int
+    until: float  # monotonic; no longer expected after this
+
+
+@dataclass
 class Lane:
     col: Collection
     body: SearchRequest  # consistency, min_lsn and params are the same for every entry of a lane
-    pending: list[Entry] = field(default_factory=list)
-    inflight: int = 0
-    timer: asyncio.Task[None] | None = None
+    pending: deque[Entry] = field(default_factory=deque)
+    batches: int = 0  # in flight
+    members: int = 0  # requests in the batches in flight
+    followers: deque[Followers] = field(default_factory=deque)  # oldest batch first
+    timer: asyncio.TimerHandle | None = None
+    launching: bool = False  # a launch is scheduled for the end of this event-loop turn
 
-    def take(self, max_rows: int) -> list[Entry]:
-        batch, rows = [], 0
-        while self.pending and (not batch or rows + len(self.pending[0].queries) <= max_rows):
-            entry = self.pending.pop(0)
+    def take(self, max_rows: int, max_entries: int) -> list[Entry]:
+        batch: list[Entry] = []
+        rows = 0
+        while self.pending and len(batch) < max_entries and (
+                not batch or rows + len(self.pending[0].queries) <= max_rows):
+            entry = self.pending.popleft()
             batch.append(entry)
             rows += len(entry.queries)
         return batch
+
+    def rows(self) -> int:
+        return sum(len(e.queries) for e in self.pending)
+
+    def arrived(self) -> None:
+        """A new request is one of the oldest expected followers (or, if none is, simply new)."""
+        if self.followers:
+            self.followers[0].missing -= 1
+            if self.followers[0].missing <= 0:
+                self.followers.popleft()
+
+    def expected(self, now: float) -> int:
+        """Followers still expected (a group's stragglers are not expected forever)."""
+        while self.followers and self.followers[0].until <= now:
+            self.followers.popleft()
+        return sum(f.missing for f in self.followers)
+
+    def share(self, slots: int, now: float) -> int:
+        """Requests per batch when the lane's requests are spread evenly over its slots."""
+        return max(1, math.ceil((len(self.pending) + self.members + self.expected(now)) / slots))
 
 
 def lane_key(col: Collection, body: SearchRequest) -> Hashable:
@@ -80,17 +129,18 @@ class Searcher:
     def __init__(self, dispatcher: Dispatcher, settings: Settings) -> None:
         self.dispatcher = dispatcher
         self.settings = settings
+        self.max_delay_s = settings.coalesce_max_delay_ms / 1000
         self.lanes: dict[Hashable, Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def search(self, col: Collection, queries: np.ndarray, body: SearchRequest, scope: str,
-                     wait: float) -> dict[str, Any] | Pending:
+                     wait: float) -> dict[str, Any] | RawResult | Pending:
         if not self.settings.coalesce:
             return await self.dispatcher.submit("search", SEARCH, col.name, search_kwargs(col, queries, body),
                                                 wait=wait, scope=scope)
         waiter = self.dispatcher.waiter
         job_id = new_job_id()
-        entry = Entry(job_id, queries, body, scope, asyncio.get_running_loop().create_future())
+        entry = Entry(job_id, queries, body, scope, asyncio.get_running_loop().create_future(), waiting=wait > 0)
         if wait <= 0:
             self._enqueue(col, entry)
             await entry.sent
@@ -114,41 +164,63 @@ class Searcher:
         await jobs.acreate_if_absent(self.dispatcher.r, entry.job_id, "search", col.name,
                                      ttl=self.settings.job_ttl_s, scope=entry.scope, submitted_at=entry.submitted_at)
 
+    # Scheduling ----------------------------------------------------------------------------------------------
     def _enqueue(self, col: Collection, entry: Entry) -> None:
         key = lane_key(col, entry.body)
         lane = self.lanes.get(key)
         if lane is None:
             lane = self.lanes[key] = Lane(col, entry.body)
         lane.pending.append(entry)
+        lane.arrived()
         self._kick(key, lane)
 
     def _kick(self, key: Hashable, lane: Lane) -> None:
+        """Send a batch now, or arm the timer for the latest moment the lane must send one."""
+        now = time.monotonic()
+        slots = self.settings.coalesce_inflight
         if not lane.pending:
-            if lane.inflight == 0 and lane.timer is None:
+            if lane.batches == 0 and not lane.launching and not lane.expected(now):
+                self._disarm(lane)
                 self.lanes.pop(key, None)
             return
-        if lane.inflight < self.settings.coalesce_max_inflight:
-            self._launch(key, lane)
-        elif lane.timer is None:
-            lane.timer = self._spawn(self._after_delay(key, lane))
+        if lane.batches >= slots:
+            return  # the batch that comes back kicks the lane again
+        deadline = lane.pending[0].queued_at + self.max_delay_s
+        if (lane.expected(now) and len(lane.pending) < lane.share(slots, now) and now < deadline
+                and lane.rows() < self.settings.coalesce_max_batch):
+            self._arm(key, lane, deadline)
+            return
+        self._disarm(lane)
+        if not lane.launching:
+            # At the end of this event-loop turn: requests read in the same turn leave together.
+            lane.launching = True
+            asyncio.get_running_loop().call_soon(self._launch_soon, key, lane)
 
-    def _launch(self, key: Hashable, lane: Lane) -> None:
-        batch = lane.take(self.settings.coalesce_max_batch)
-        lane.inflight += 1
-        self._spawn(self._run(key, lane, batch))
+    def _arm(self, key: Hashable, lane: Lane, at: float) -> None:
+        self._disarm(lane)
+        lane.timer = asyncio.get_running_loop().call_later(max(0.0, at - time.monotonic()), self._kick, key, lane)
 
-    async def _after_delay(self, key: Hashable, lane: Lane) -> None:
-        await asyncio.sleep(self.settings.coalesce_max_delay_ms / 1000)
-        lane.timer = None
-        if lane.pending:
-            self._launch(key, lane)  # the running batches are slow: do not let these wait longer
-        else:
-            self._kick(key, lane)
+    @staticmethod
+    def _disarm(lane: Lane) -> None:
+        if lane.timer is not None:
+            lane.timer.cancel()
+            lane.timer = None
+
+    def _launch_soon(self, key: Hashable, lane: Lane) -> None:
+        lane.launching = False
+        slots = self.settings.coalesce_inflight
+        if lane.pending and lane.batches < slots:
+            batch = lane.take(self.settings.coalesce_max_batch, lane.share(slots, time.monotonic()))
+            lane.batches += 1
+            lane.members += len(batch)
+            self._spawn(self._run(key, lane, batch))
+        self._kick(key, lane)  # another slot may take its share too
 
     async def _run(self, key: Hashable, lane: Lane, batch: list[Entry]) -> None:
         waiter = self.dispatcher.waiter
         batch_id = new_job_id()
         done = waiter.register(batch_id)  # the batch's one message resolves it, with its members
+        came_back = False
         try:
             kwargs = search_kwargs(lane.col, np.concatenate([e.queries for e in batch]), lane.body)
             kwargs.update(members=[e.member(self.settings.job_ttl_s) for e in batch], reply_to=waiter.listener_id)
@@ -164,9 +236,14 @@ class Searcher:
                     entry.sent.set_result(None)
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(done, BATCH_DONE_TIMEOUT_S)
+                came_back = True
         finally:
             waiter.unregister(batch_id, done)
-            lane.inflight -= 1
+            lane.batches -= 1
+            lane.members -= len(batch)
+            waiting = sum(1 for entry in batch if entry.waiting)
+            if came_back and waiting:
+                lane.followers.append(Followers(waiting, time.monotonic() + FOLLOWERS_WITHIN * self.max_delay_s))
             self._kick(key, lane)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:

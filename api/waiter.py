@@ -23,6 +23,7 @@ from common import jobs, keys
 from common.errors import Unavailable
 
 log = logging.getLogger("vecq.api")
+Outcome = dict[str, Any] | jobs.MemberOutcome  # what a waiter's future resolves to
 RECHECK: dict[str, Any] = {"recheck": True}
 RECHECK_EVERY_S = 5.0
 
@@ -33,7 +34,7 @@ class JobWaiter:
         self.listener_id = uuid.uuid4().hex
         self.channel = keys.job_channel(self.listener_id)
         self.max_waiters = max_waiters
-        self._futures: dict[str, set[asyncio.Future[dict[str, Any]]]] = {}
+        self._futures: dict[str, set[asyncio.Future[Outcome]]] = {}
         self._waiting = 0
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
@@ -74,24 +75,31 @@ class JobWaiter:
                     await pubsub.aclose()
 
     def _dispatch(self, data: bytes | str) -> None:
-        """A message is one job's outcome, or a search batch's: {"batch": id, "outcomes": [outcome, ...]}."""
+        """A message is one job's outcome (JSON), or a search batch's (jobs.batch_message): the batch's own
+        future gets {"batch": id}, each member's a jobs.MemberOutcome whose result stays unparsed bytes."""
+        raw = data.encode() if isinstance(data, str) else data
+        if raw.startswith(jobs.BATCH_PREFIX):
+            try:
+                batch_id, members = jobs.parse_batch_message(raw)
+            except (ValueError, KeyError, TypeError):
+                log.warning("job listener dropped a malformed batch message")
+                return
+            self._resolve(batch_id, {"batch": batch_id})
+            for member in members:
+                self._resolve(member.job_id, member)
+            return
         try:
-            message = json.loads(data)
+            message = json.loads(raw)
         except ValueError:
             return
-        if "batch" in message:
-            self._resolve(str(message["batch"]), message)
-            for outcome in message.get("outcomes", ()):
-                self._resolve(str(outcome.get("job_id", "")), outcome)
-        else:
-            self._resolve(str(message.get("job_id", "")), message)
+        self._resolve(str(message.get("job_id", "")), message)
 
-    def _resolve(self, job_id: str, outcome: dict[str, Any]) -> None:
+    def _resolve(self, job_id: str, outcome: Outcome) -> None:
         for future in self._futures.get(job_id, ()):
             if not future.done():
                 future.set_result(outcome)
 
-    def _wake_all(self, value: dict[str, Any]) -> None:
+    def _wake_all(self, value: Outcome) -> None:
         for futures in self._futures.values():
             for future in futures:
                 if not future.done():
@@ -108,20 +116,21 @@ class JobWaiter:
         finally:
             self._waiting -= 1
 
-    def register(self, job_id: str) -> asyncio.Future[dict[str, Any]]:
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    def register(self, job_id: str) -> asyncio.Future[Outcome]:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._futures.setdefault(job_id, set()).add(future)
         return future
 
-    def unregister(self, job_id: str, future: asyncio.Future[dict[str, Any]]) -> None:
+    def unregister(self, job_id: str, future: asyncio.Future[Outcome]) -> None:
         futures = self._futures.get(job_id)
         if futures is not None:
             futures.discard(future)
             if not futures:
                 del self._futures[job_id]
 
-    async def wait(self, job_id: str, future: asyncio.Future[dict[str, Any]], timeout: float) -> dict[str, Any] | None:
-        """The finished job's outcome ({job_id, status, result|error}), or None when `timeout` runs out."""
+    async def wait(self, job_id: str, future: asyncio.Future[Outcome], timeout: float) -> Outcome | None:
+        """The finished job's outcome ({job_id, status, result|error} or a MemberOutcome), or None when `timeout`
+        runs out."""
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -129,7 +138,8 @@ class JobWaiter:
                 if remaining <= 0:
                     return None
                 try:
-                    outcome = await asyncio.wait_for(asyncio.shield(future), min(remaining, RECHECK_EVERY_S))
+                    async with asyncio.timeout(min(remaining, RECHECK_EVERY_S)):
+                        outcome = await future  # a timeout cancels it: a fresh one is registered below
                 except TimeoutError:
                     outcome = RECHECK
                 if outcome is not RECHECK:

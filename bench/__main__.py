@@ -16,11 +16,15 @@ from bench.run import ROOT, Config
 
 QUICK = {"n": 5000, "dim": 32, "queries": 200, "concurrency": [1, 8, 64], "duration": 1.0, "requests": 500,
          "warmup": 0.3, "tune": False, "naive_default_threads": False, "collect_timeout": 60.0,
-         "tune_concurrency": [64], "tune_blas": [2048, 0], "tune_omp": [1]}
+         "tune_concurrency": [64], "tune_blas": [4, 1000], "tune_omp": [1], "tune_delay": [20.0]}
 
 
 def ints(text: str) -> list[int]:
     return [int(x) for x in text.replace(" ", "").split(",") if x]
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.replace(" ", "").split(",") if x]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -34,6 +38,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--index", action="append", dest="indexes", metavar="SPEC",
                    help="FAISS index_factory spec, repeatable (default: Flat and HNSW32)")
     p.add_argument("--workers", type=int, help=f"vecq worker processes (default {d.workers})")
+    p.add_argument("--api-processes", type=int, dest="api_processes",
+                   help=f"vecq API processes, uvicorn --workers (default {d.api_processes})")
     p.add_argument("--concurrency", type=ints, help="closed-loop clients per level, e.g. 1,8,64,256")
     p.add_argument("--duration", type=float, help=f"measured seconds per load level, at most (default {d.duration})")
     p.add_argument("--requests", type=int, help=f"measured requests per load level, at most (default {d.requests})")
@@ -42,12 +48,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ef-search", type=int, dest="ef_search", help=f"HNSW efSearch everywhere (default {d.ef_search})")
     p.add_argument("--batch", type=int, help=f"vectors per JSON ingest request (default {d.batch:,})")
     p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
-                   help="measure worker FAISS settings (OpenMP threads x BLAS threshold); on unless --quick")
+                   help="measure worker FAISS settings and the API's coalescing settings; on unless --quick")
     p.add_argument("--tune-concurrency", type=ints, dest="tune_concurrency", help="levels of the tuning runs (1,64)")
     p.add_argument("--tune-omp", type=ints, dest="tune_omp", help="VECQ_OMP_THREADS values to try (1,2)")
-    p.add_argument("--tune-blas", type=ints, dest="tune_blas", help="VECQ_BLAS_THRESHOLD values (2048,128000,0)")
+    p.add_argument("--tune-blas", type=ints, dest="tune_blas", help="VECQ_BLAS_MIN_QUERIES values (1,4,16,1000)")
     p.add_argument("--tune-inflight", type=ints, dest="tune_inflight",
-                   help="VECQ_COALESCE_MAX_INFLIGHT values (API) to try (1,2,4)")
+                   help="VECQ_COALESCE_MAX_INFLIGHT values (per API process) to try (1,2)")
+    p.add_argument("--tune-delay", type=floats, dest="tune_delay",
+                   help="VECQ_COALESCE_MAX_DELAY_MS values to try (5,10,20,40)")
     p.add_argument("--quick", action="store_true", help="small sizes and short levels: a smoke run")
     p.add_argument("--render", type=Path, metavar="JSON",
                    help="only rewrite the table, goals and plot of an earlier run's JSON (into --out)")

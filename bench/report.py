@@ -102,7 +102,8 @@ def table(res: dict[str, Any]) -> str:
     for spec, r in res.get("indexes", {}).items():
         inp, naive, vq = r["inprocess"], r["naive"], r["vecq"]
         base = inp["single"]["qps"]
-        lines += [f"#### {spec}: {cfg['n']:,} x {cfg['dim']}, k={cfg['k']}, {cfg['workers']} workers"
+        lines += [f"#### {spec}: {cfg['n']:,} x {cfg['dim']}, k={cfg['k']}, {cfg['workers']} workers, "
+                  f"{cfg.get('api_processes', 1)} API processes"
                   + (f", efSearch {cfg['ef_search']}" if "HNSW" in spec.upper() else ""), "",
                   "| system | concurrency | QPS | p50 ms | p99 ms | vs in-process 1-query QPS | vs naive QPS |",
                   "|---|---:|---:|---:|---:|---:|---:|",
@@ -155,16 +156,17 @@ def table(res: dict[str, Any]) -> str:
     if tuning:
         cs = [str(c) for c in tuning["concurrency"]]
         lines += [f"#### Worker tuning ({tuning['index']}, coalescing on)", "",
-                  "| VECQ_OMP_THREADS | VECQ_BLAS_THRESHOLD | " + " | ".join(_tune_head(c) for c in cs) + " |",
+                  "| VECQ_OMP_THREADS | VECQ_BLAS_MIN_QUERIES | " + " | ".join(_tune_head(c) for c in cs) + " |",
                   "|---:|---:|" + "---:|" * (6 * len(cs))]
         for row in tuning["rows"]:
             cells = " | ".join(_tune_cells(row["levels"][c]) for c in cs)
-            lines.append(f"| {row['omp_threads']} | {row['blas_threshold']:,} | {cells} |")
+            lines.append(f"| {row['omp_threads']} | {row['blas_min_queries']:,} | {cells} |")
         best = tuning["best"]
         lines += ["", f"Best at c={tuning['best_at']}: VECQ_OMP_THREADS={best['omp_threads']}, "
-                  f"VECQ_BLAS_THRESHOLD={best['blas_threshold']} ({_f(best['qps'])} QPS).", ""]
+                  f"VECQ_BLAS_MIN_QUERIES={best['blas_min_queries']} ({_f(best['qps'])} QPS).", ""]
         if tuning.get("inflight_rows"):
-            lines += ["| VECQ_COALESCE_MAX_INFLIGHT (API) | " + " | ".join(_tune_head(c) for c in cs) + " |",
+            lines += ["| VECQ_COALESCE_MAX_INFLIGHT (per API process) | " + " | ".join(_tune_head(c) for c in cs)
+                      + " |",
                       "|---:|" + "---:|" * (6 * len(cs))]
             for row in tuning["inflight_rows"]:
                 cells = " | ".join(_tune_cells(row["levels"][c]) for c in cs)
@@ -172,6 +174,13 @@ def table(res: dict[str, Any]) -> str:
             lines += ["", f"Best at c={tuning['best_at']}: VECQ_COALESCE_MAX_INFLIGHT="
                       f"{tuning['best_inflight']['coalesce_max_inflight']} ({_f(tuning['best_inflight']['qps'])} QPS).",
                       ""]
+        if tuning.get("delay_rows"):
+            lines += ["| VECQ_COALESCE_MAX_DELAY_MS | " + " | ".join(_tune_head(c) for c in cs) + " |",
+                      "|---:|" + "---:|" * (6 * len(cs))]
+            for row in tuning["delay_rows"]:
+                cells = " | ".join(_tune_cells(row["levels"][c]) for c in cs)
+                lines.append(f"| {_f(row['coalesce_max_delay_ms'], 0)} | {cells} |")
+            lines.append("")
     gl = res.get("goals") or []
     if gl:
         lines += ["#### Goals", "", "| issue | goal | target | measured | met |", "|---|---|---|---|---|"]

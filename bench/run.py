@@ -33,6 +33,7 @@ class Config:
     k: int = 10
     indexes: list[str] = field(default_factory=lambda: ["Flat", "HNSW32"])
     workers: int = 2
+    api_processes: int = 2  # uvicorn --workers: on 2 cores, two event loops keep both workers fed
     concurrency: list[int] = field(default_factory=lambda: [1, 8, 64, 256])
     duration: float = 5.0  # measured seconds per load level (at most)
     requests: int = 5000  # measured requests per load level (at most)
@@ -43,8 +44,9 @@ class Config:
     tune: bool = True
     tune_concurrency: list[int] = field(default_factory=lambda: [1, 64])
     tune_omp: list[int] = field(default_factory=lambda: [1, 2])
-    tune_blas: list[int] = field(default_factory=lambda: [2048, 128_000, 0])
-    tune_inflight: list[int] = field(default_factory=lambda: [1, 2, 4])
+    tune_blas: list[int] = field(default_factory=lambda: [1, 4, 16, 1000])  # VECQ_BLAS_MIN_QUERIES
+    tune_inflight: list[int] = field(default_factory=lambda: [1, 2])  # per API process
+    tune_delay: list[float] = field(default_factory=lambda: [5.0, 10.0, 20.0, 40.0])  # VECQ_COALESCE_MAX_DELAY_MS
     naive_default_threads: bool = True
     collect_timeout: float = 120.0
     out: Path = ROOT / "bench" / "results"
@@ -73,7 +75,7 @@ class Run:
     def __init__(self, cfg: Config, tmp: Path) -> None:
         self.cfg = cfg
         self.tmp = tmp
-        self.vecq = Vecq(tmp / "vecq", cfg.workers)
+        self.vecq = Vecq(tmp / "vecq", cfg.workers, api_processes=cfg.api_processes)
         self.ds: data.Dataset | None = None
         self.watch: dict[str, list[int]] = {}  # whose CPU the load levels account (bench.cpu)
 
@@ -265,10 +267,10 @@ class Run:
         rows = []
         for omp in self.cfg.tune_omp:
             for blas in self.cfg.tune_blas:
-                self.vecq.restart_workers({"VECQ_OMP_THREADS": str(omp), "VECQ_BLAS_THRESHOLD": str(blas)})
+                self.vecq.restart_workers({"VECQ_OMP_THREADS": str(omp), "VECQ_BLAS_MIN_QUERIES": str(blas)})
                 self.vecq.warm(name, warm_body)
                 self.watch = self.vecq.pids()
-                rows.append(self.tune_row(url, tmpl, {"omp_threads": omp, "blas_threshold": blas}))
+                rows.append(self.tune_row(url, tmpl, {"omp_threads": omp, "blas_min_queries": blas}))
         self.vecq.restart_workers({})
         self.vecq.warm(name, warm_body)
         inflight_rows = []
@@ -277,14 +279,21 @@ class Run:
             url = f"{self.vecq.url}/v1/collections/{name}/search"
             self.watch = self.vecq.pids()
             inflight_rows.append(self.tune_row(url, tmpl, {"coalesce_max_inflight": n}))
+        delay_rows = []
+        for ms in self.cfg.tune_delay:
+            self.vecq.start_api({"VECQ_COALESCE": "1", "VECQ_COALESCE_MAX_DELAY_MS": str(ms)})
+            url = f"{self.vecq.url}/v1/collections/{name}/search"
+            self.watch = self.vecq.pids()
+            delay_rows.append(self.tune_row(url, tmpl, {"coalesce_max_delay_ms": ms}))
         self.vecq.start_api({"VECQ_COALESCE": "1"})
         top = str(max(self.cfg.tune_concurrency))
         best = max(rows, key=lambda r: r["levels"][top]["qps"])
         out: dict[str, Any] = {
             "index": spec, "coalesce": True, "concurrency": self.cfg.tune_concurrency, "rows": rows,
-            "best_at": int(top), "best": {"omp_threads": best["omp_threads"], "blas_threshold": best["blas_threshold"],
+            "best_at": int(top), "best": {"omp_threads": best["omp_threads"],
+                                          "blas_min_queries": best["blas_min_queries"],
                                           "qps": best["levels"][top]["qps"]},
-            "inflight_rows": inflight_rows}
+            "inflight_rows": inflight_rows, "delay_rows": delay_rows}
         if inflight_rows:
             best_n = max(inflight_rows, key=lambda r: r["levels"][top]["qps"])
             out["best_inflight"] = {"coalesce_max_inflight": best_n["coalesce_max_inflight"],
@@ -302,7 +311,7 @@ class Run:
         result: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
                                   "machine": report.machine(), "started_at": started,
                                   "load_before": list(_loadavg())}
-        say(f"vecq stack: embedded Redis, {cfg.workers} workers, 1 API process")
+        say(f"vecq stack: embedded Redis, {cfg.workers} workers, {cfg.api_processes} API processes")
         self.vecq.start(api_env={"VECQ_COALESCE": "1"})
         try:
             say("load generator ceiling against the API's /healthz")

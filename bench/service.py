@@ -30,6 +30,7 @@ BENCH_ENV = {"VECQ_SNAPSHOT_EVERY_ENTRIES": "1000000", "VECQ_SNAPSHOT_EVERY_BYTE
 class Vecq:
     data_dir: Path
     workers: int
+    api_processes: int = 1
     env: dict[str, str] = field(default_factory=dict)
     stack: Stack | None = None
     http: httpx.Client | None = None
@@ -50,7 +51,9 @@ class Vecq:
         if self.stack.api is not None:
             self.stack.api.stop()
         self.api_env = dict(api_env or {})
-        self.stack.start_api(extra_env=self.api_env)
+        # As `vecq up` does: the API sizes its coalescing by the workers and its own processes.
+        sizing = {"VECQ_WORKERS": str(self.workers), "VECQ_API_PROCESSES": str(self.api_processes)}
+        self.stack.start_api(processes=self.api_processes, extra_env={**sizing, **self.api_env})
         self.stack.wait_ready(timeout=120, workers=self.workers)
         if self.http is not None:
             self.http.close()

@@ -35,7 +35,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
     url = celery_url(settings.effective_redis_url)
     app = Celery("vecq", broker=url, backend=url)
     # Unacked messages come back after the visibility timeout: it must outlast the longest job.
-    transport = {"visibility_timeout": settings.task_time_limit_s + 600}
+    # A socket timeout bounds a publish to a Redis that vanished without closing the connection (kombu waits
+    # forever otherwise); the API publishes on its event loop. Longer than kombu's 1 s BRPOP.
+    transport = {"visibility_timeout": settings.task_time_limit_s + 600, "socket_timeout": 5}
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -227,48 +228,112 @@ def claim_delivery(r: redis.Redis, batch_id: str, *, max_attempts: int, ttl: int
     return Claim(out.decode() if isinstance(out, bytes) else out)
 
 
-_FINISH_MEMBER = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'succeeded' or status == 'failed' or status == 'canceled' then return 0 end
-redis.call('HSET', KEYS[1], 'job_id', ARGV[1], 'type', 'search', 'collection', ARGV[2], 'scope', ARGV[3],
-           'status', ARGV[4], 'started_at', ARGV[5], 'finished_at', ARGV[6], ARGV[7], ARGV[8], 'worker', ARGV[11])
-if not status then  -- first sight of this record (else the API made it, with its TTL and submitted_at)
-  redis.call('HSET', KEYS[1], 'submitted_at', ARGV[9], 'attempts', '1')
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[10]))
+# All members of a batch in one script. KEYS: each member's record and watchers keys, in pairs. ARGV: collection,
+# started_at, finished_at, worker, then per member: job_id, scope, status, field, encoded value, submitted_at, ttl.
+_FINISH_MEMBERS = """
+local collection, started_at, finished_at, worker = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local finished = 0
+for i = 1, #KEYS / 2 do
+  local record, watchers, a = KEYS[2 * i - 1], KEYS[2 * i], 4 + (i - 1) * 7
+  local job_id, status, field, encoded = ARGV[a + 1], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  local was = redis.call('HGET', record, 'status')
+  if was ~= 'succeeded' and was ~= 'failed' and was ~= 'canceled' then
+    redis.call('HSET', record, 'job_id', job_id, 'type', 'search', 'collection', collection, 'scope', ARGV[a + 2],
+               'status', status, 'started_at', started_at, 'finished_at', finished_at, field, encoded,
+               'worker', worker)
+    if not was then  -- first sight of this record (else the API made it, with its TTL and submitted_at)
+      redis.call('HSET', record, 'submitted_at', ARGV[a + 6], 'attempts', '1')
+      redis.call('EXPIRE', record, tonumber(ARGV[a + 7]))
+    end
+    local channels = redis.call('SMEMBERS', watchers)
+    if #channels > 0 then
+      local message = '{"job_id":' .. cjson.encode(job_id) .. ',"status":' .. cjson.encode(status) .. ','
+                      .. cjson.encode(field) .. ':' .. encoded .. '}'
+      for _, channel in ipairs(channels) do redis.call('PUBLISH', channel, message) end
+    end
+    finished = finished + 1
+  end
 end
-for _, channel in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('PUBLISH', channel, ARGV[12]) end
-return 1
+return finished
 """
 
 
 def finish_members(pipe: redis.client.Pipeline, batch_id: str, outcomes: list[tuple[dict[str, Any], Any,
                    dict[str, Any] | None]], *, collection: str, reply_to: str | None, started_at: float,
                    worker: str, ttl: int) -> None:
-    """Queue, on `pipe`, the records of a batch's members ((member, result, error) each), one message to the
-    submitting API process's channel with every outcome, and the end of the batch's delivery count."""
+    """Queue, on `pipe`, the records of a batch's members ((member, result, error) each, written by one script),
+    one message to the submitting API process's channel with every outcome, and the end of the batch's delivery
+    count."""
     now = _now()
-    sha = hashlib.sha1(_FINISH_MEMBER.encode()).hexdigest()
-    messages = []
+    keys_: list[str] = []
+    args: list[str | int] = [collection, f"{started_at:.6f}", now, worker]
+    encoded_outcomes = []
     for member, result, error in outcomes:
         job_id = str(member["job_id"])
         status = "failed" if error is not None else "succeeded"
         field, value = ("error", error) if error is not None else ("result", result)
-        message = {"job_id": job_id, "status": status, field: value}
-        messages.append(message)
-        pipe.evalsha(sha, 2, keys.job(job_id), keys.job_watchers(job_id), job_id, collection,
-                     str(member.get("scope", "")), status, f"{started_at:.6f}", now, field,
-                     json.dumps(value, separators=(",", ":")), str(member.get("submitted_at") or now),
-                     int(member.get("ttl") or ttl), worker,
-                     json.dumps(message, separators=(",", ":")))
+        # Encoded once: the same bytes go into the record, the watchers' message and the batch's, and from
+        # there, untouched, into the HTTP response.
+        encoded = _dumps(value)
+        encoded_outcomes.append((job_id, status, field, encoded))
+        keys_ += [keys.job(job_id), keys.job_watchers(job_id)]
+        args += [job_id, str(member.get("scope", "")), status, field, encoded, str(member.get("submitted_at") or now),
+                 int(member.get("ttl") or ttl)]
+    if keys_:
+        pipe.evalsha(_FINISH_MEMBERS_SHA, len(keys_), *keys_, *args)
     if reply_to:
-        pipe.publish(keys.job_channel(reply_to), json.dumps({"batch": batch_id, "outcomes": messages},
-                                                           separators=(",", ":")))
+        pipe.publish(keys.job_channel(reply_to), batch_message(batch_id, encoded_outcomes))
     pipe.delete(keys.delivery(batch_id))
+
+
+BATCH_PREFIX = b'{"batch":'
+
+
+@dataclass(frozen=True)
+class MemberOutcome:
+    """One member's outcome from a batch message; `raw` is its result or error as JSON bytes."""
+
+    job_id: str
+    status: str
+    field: str  # "result" | "error"
+    raw: bytes
+
+
+def batch_message(batch_id: str, outcomes: list[tuple[str, str, str, str]]) -> bytes:
+    """A search batch's one message to its API process: a JSON header line naming each member's job id,
+    status, field and length, then the members' encoded values back to back. The API hands each value to
+    its HTTP response as it is, without parsing it."""
+    payloads = [encoded.encode() for *_, encoded in outcomes]
+    header = {"batch": batch_id, "outcomes": [[job_id, status, field, len(payload)] for (job_id, status, field, _),
+                                              payload in zip(outcomes, payloads, strict=True)]}
+    return _dumps(header).encode() + b"\n" + b"".join(payloads)
+
+
+def parse_batch_message(data: bytes) -> tuple[str, list[MemberOutcome]]:
+    """(batch id, member outcomes) of a batch_message; ValueError if it is not one."""
+    head, sep, body = data.partition(b"\n")
+    if not sep or not head.startswith(BATCH_PREFIX):
+        raise ValueError("not a batch message")
+    header = json.loads(head)
+    members, offset = [], 0
+    for job_id, status, field, length in header["outcomes"]:
+        members.append(MemberOutcome(str(job_id), str(status), str(field), body[offset : offset + int(length)]))
+        offset += int(length)
+    if offset != len(body):
+        raise ValueError("batch message lengths do not add up")
+    return str(header["batch"]), members
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+_FINISH_MEMBERS_SHA = hashlib.sha1(_FINISH_MEMBERS.encode()).hexdigest()
 
 
 def load_scripts(r: redis.Redis) -> None:
     """Load the scripts used by EVALSHA in pipelines (after a Redis restart they are gone)."""
-    r.script_load(_FINISH_MEMBER)
+    r.script_load(_FINISH_MEMBERS)
 
 
 _CREATE_IF_ABSENT = """

@@ -18,7 +18,10 @@ class Settings(BaseSettings):
         None, description="Broker, results, WAL. Unset: `vecq up` starts an embedded Redis in the data dir."
     )
     data_dir: Path = Field(Path("data"), description="Snapshots and the embedded Redis's files.")
-    workers: int = Field(os.cpu_count() or 1, ge=1, description="Worker processes `vecq up` starts.")
+    workers: int = Field(
+        os.cpu_count() or 1, ge=1, description="Worker processes `vecq up` starts (the API sizes coalescing by it)."
+    )
+    api_processes: int = Field(1, ge=1, description="API processes `vecq up` starts (uvicorn --workers).")
     api_host: str = Field("127.0.0.1", description="Where `vecq up` binds the API.")
     api_port: int = Field(8000, description="Port of the API under `vecq up`.")
     api_keys: str = Field(
@@ -29,8 +32,9 @@ class Settings(BaseSettings):
 
     # FAISS tuning (applied in each worker child before the first search)
     omp_threads: int = Field(1, ge=1, description="OpenMP threads per worker process.")
-    blas_threshold: int = Field(
-        16 * 128, ge=0, description="faiss.cvar.distance_compute_blas_threshold (nq*d) in workers."
+    blas_min_queries: int = Field(
+        4, ge=1, description="Flat search uses BLAS from this many queries in one call (faiss.cvar."
+        "distance_compute_blas_threshold = this x dim, set per search)."
     )
 
     # Jobs and waiting
@@ -67,8 +71,15 @@ class Settings(BaseSettings):
     # Coalescing of concurrent searches (per API process)
     coalesce: bool = Field(True, description="Batch concurrent searches of one collection into one job.")
     coalesce_max_batch: int = Field(256, ge=1, description="Query vectors per coalesced job.")
-    coalesce_max_delay_ms: float = Field(2.0, ge=0, description="Longest a search waits to join a batch.")
-    coalesce_max_inflight: int = Field(1, ge=1, description="Batches of one lane in flight before others wait.")
+    coalesce_max_delay_ms: float = Field(
+        20.0, ge=0, description="Longest a search waits for the rest of its group (see Coalescing in the README)."
+    )
+    coalesce_max_inflight: int = Field(
+        0, ge=0, description="Batches of one collection in flight per API process; 0: workers / api_processes."
+    )
+    collection_cache_s: float = Field(
+        1.0, ge=0, description="How long an API process reuses a collection's record for searches (0: never)."
+    )
 
     blob_ttl_s: int = Field(
         3600, ge=60, description="How long an upload (.npy, Parquet) waits in Redis for its ingest job to use it."
@@ -84,6 +95,12 @@ class Settings(BaseSettings):
     enable_test_tasks: bool = Field(
         False, description="Registers test-only tasks (poison, sleep). Never in production."
     )
+
+    @property
+    def coalesce_inflight(self) -> int:
+        """One batch in flight per worker, shared out among the API processes: each worker can run a batch while
+        an API process answers the clients of another."""
+        return self.coalesce_max_inflight or max(1, self.workers // self.api_processes)
 
     @property
     def effective_redis_url(self) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from api.errors import field_name
 from api.strict_json import loads
-from common import codec, keys
+from common import codec, jobs, keys
 from common.errors import InvalidInput
 
 
@@ -110,3 +110,17 @@ def test_field_names() -> None:
     assert field_name(("body", "vectors", 3, 7)) == "vectors[3][7]"
     assert field_name(("query", "wait")) == "wait"
     assert field_name(("body", "params", "nprobe")) == "params.nprobe"
+
+
+def test_batch_messages_round_trip_with_raw_values() -> None:
+    hits = json.dumps({"results": [[{"id": "\u00e9\n{", "score": 0.5}]], "lsn": "1-0"}, ensure_ascii=False)
+    error = json.dumps({"code": "invalid", "message": "bad\nk", "field": "k"})
+    outcomes = [("j1", "succeeded", "result", hits), ("j2", "failed", "error", error),
+                ("j3", "succeeded", "result", "[]")]
+    batch_id, members = jobs.parse_batch_message(jobs.batch_message("b1", outcomes))
+    assert batch_id == "b1"
+    assert [(m.job_id, m.status, m.field, m.raw.decode()) for m in members] == outcomes
+    assert jobs.parse_batch_message(jobs.batch_message("b2", [])) == ("b2", [])
+    for broken in (b'{"job_id":"x"}', b'{"batch":"b","outcomes":[["j","succeeded","result",5]]}\n[]'):
+        with pytest.raises(ValueError):
+            jobs.parse_batch_message(broken)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import pytest
 
@@ -10,7 +9,7 @@ from common.codec import normalized
 from common.collections import Collection
 from common.errors import InvalidInput
 from common.wal import Entry
-from worker.index import CollectionIndex, build_index
+from worker.index import CollectionIndex, build_index, use_blas_from
 
 
 def _copy(metric: str, index: str = "Flat", dim: int = 64) -> CollectionIndex:
@@ -25,7 +24,7 @@ def _add(copy: CollectionIndex, lsn: str, ids: list[str], vectors: np.ndarray) -
 def test_batched_and_lone_flat_searches_agree_exactly(metric: str) -> None:
     """Coalesced searches run as one FAISS call (the BLAS path); a lone one does not. Ids and scores must
     not depend on that."""
-    faiss.cvar.distance_compute_blas_threshold = 2048
+    use_blas_from(4)
     rng = np.random.default_rng(0)
     copy = _copy(metric)
     data = rng.standard_normal((20_000, 64)).astype(np.float32)

@@ -32,9 +32,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"vecq: embedded Redis at {url} (AOF in {data_dir / 'redis'})", flush=True)
         else:
             print(f"vecq: using Redis at {maybe_sanitize_url(stack.redis_url)}", flush=True)
-        for i in range(args.workers or settings.workers):
+        workers = args.workers or settings.workers
+        for i in range(workers):
             stack.start_worker(i + 1)
-        api = stack.start_api(settings.api_host, settings.api_port)
+        # The API sizes its coalescing by the workers it has and the processes it runs in.
+        api_env = {"VECQ_WORKERS": str(workers), "VECQ_API_PROCESSES": str(settings.api_processes)}
+        api = stack.start_api(settings.api_host, settings.api_port, processes=settings.api_processes,
+                              extra_env=api_env)
         print(f"vecq: {len(stack.workers)} workers starting; API at {api} (docs: {api}/docs)", flush=True)
         stack.wait_ready(timeout=120)
         print(f"vecq: ready — {api}/readyz is 200. Ctrl-C stops everything.", flush=True)

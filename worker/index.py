@@ -19,6 +19,16 @@ from common.wal import Entry
 
 RERANK_EXTRA = 8  # extra Flat candidates re-scored, so near-ties at the k-th place resolve the same way
 
+# FAISS takes its BLAS path for flat search when nq * d reaches one process-wide threshold; what pays off is a
+# number of queries (on the benchmark machine: BLAS loses below 4 queries, wins 2x at 8), so the threshold is
+# set from that count and the collection's dim before each search.
+_blas_min_queries = 4
+
+
+def use_blas_from(queries: int) -> None:
+    global _blas_min_queries
+    _blas_min_queries = max(1, int(queries))
+
 _METRICS = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT, "cosine": faiss.METRIC_INNER_PRODUCT}
 
 
@@ -149,6 +159,7 @@ class CollectionIndex:
             return [[] for _ in range(len(q))]
         exact = isinstance(self.index, faiss.IndexFlat)
         k_eff = min(k + RERANK_EXTRA if exact else k, self.index.ntotal)
+        faiss.cvar.distance_compute_blas_threshold = _blas_min_queries * self.col.dim
         distances, labels = self.index.search(q, k_eff, params=sp)
         if exact:
             distances, labels = self._rerank(q, labels, k)
@@ -166,7 +177,7 @@ class CollectionIndex:
 
     def _rerank(self, q: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact Flat scores that do not depend on the batch. FAISS computes a batch of queries through BLAS
-        (nq*d >= blas_threshold) and a lone query without, and the two round differently, so near-ties could
+        (nq >= blas_min_queries) and a lone query without, and the two round differently, so near-ties could
         swap between a coalesced and a lone search. Recomputing the top k + RERANK_EXTRA candidates row by row
         makes ids and scores the same however the queries were batched."""
         valid = labels >= 0

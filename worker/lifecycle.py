@@ -17,7 +17,7 @@ from celery.signals import worker_process_init, worker_process_shutdown
 from common import heartbeat, jobs
 from common.logs import setup_logging
 from common.settings import get_settings
-from worker import state
+from worker import index, state
 
 log = logging.getLogger("vecq.worker")
 
@@ -27,7 +27,7 @@ def _init(**_: object) -> None:
     settings = get_settings()
     setup_logging(settings.log_json)
     faiss.omp_set_num_threads(settings.omp_threads)
-    faiss.cvar.distance_compute_blas_threshold = settings.blas_threshold
+    index.use_blas_from(settings.blas_min_queries)
     st = state.init(settings)
     jobs.load_scripts(st.r)
     _beat(st)  # visible before the possibly long load, and beating through it: a load may outlast the TTL

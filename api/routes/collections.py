@@ -5,7 +5,16 @@ from typing import Any
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from api.deps import CollectionName, DispatcherDep, PrincipalDep, RedisDep, SettingsDep, WaitWrite, load_collection
+from api.deps import (
+    CatalogDep,
+    CollectionName,
+    DispatcherDep,
+    PrincipalDep,
+    RedisDep,
+    SettingsDep,
+    WaitWrite,
+    load_collection,
+)
 from api.dispatch import Pending
 from api.strict_json import StrictJSONRoute
 from common import collections, wal
@@ -35,8 +44,9 @@ async def describe(r: RedisDep, col: Collection) -> dict[str, Any]:
 @router.post("", status_code=201, response_model=CollectionOut,
              responses={202: {"model": JobAccepted}})
 async def create_collection(body: CollectionCreate, dispatcher: DispatcherDep, principal: PrincipalDep,
-                            settings: SettingsDep, wait: WaitWrite = 30.0) -> Any:
+                            settings: SettingsDep, catalog: CatalogDep, wait: WaitWrite = 30.0) -> Any:
     principal.require(body.name, write=True)
+    catalog.forget(body.name)
     if body.dim > settings.max_dim:
         raise InvalidInput(f"dim must be at most {settings.max_dim}", "dim")
     # Only a worker imports FAISS, so a worker judges the index description and creates the record.
@@ -66,9 +76,10 @@ async def get_collection(name: CollectionName, r: RedisDep, principal: Principal
 
 @router.delete("/{name}", status_code=204)
 async def delete_collection(name: CollectionName, r: RedisDep, principal: PrincipalDep,
-                            dispatcher: DispatcherDep) -> Response:
+                            dispatcher: DispatcherDep, catalog: CatalogDep) -> Response:
     col = await load_collection(name, r, principal, write=True)
     await collections.aremove(r, col, wal.data_keys(col) + snapshot_state.data_keys(col))
+    catalog.forget(name)
     # Snapshot files live where workers can reach them, not necessarily here: a worker removes them.
     await dispatcher.submit("purge", PURGE, name, {"collection": name, "uid": col.uid}, wait=0,
                             scope=principal.scope)

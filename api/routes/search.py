@@ -4,8 +4,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from api.deps import CollectionName, PrincipalDep, RedisDep, SettingsDep, load_collection
-from api.dispatch import Pending
+from api.deps import CatalogDep, CollectionName, PrincipalDep, SettingsDep
+from api.dispatch import Pending, RawResult
 from api.strict_json import StrictJSONRoute
 from common import codec
 from common.errors import InvalidInput
@@ -30,12 +30,13 @@ def query_matrix(body: SearchRequest, dim: int, max_queries: int) -> Any:
 
 @router.post("/search", response_model=SearchResponse, response_model_exclude_unset=True,
              responses={202: {"model": JobAccepted}})
-async def search(name: CollectionName, body: SearchRequest, request: Request, r: RedisDep,
+async def search(name: CollectionName, body: SearchRequest, request: Request, catalog: CatalogDep,
                  principal: PrincipalDep, settings: SettingsDep,
                  wait: Annotated[float | None, Query(ge=0, le=300)] = None) -> Any:
     """Search one or many query vectors. Waits up to `wait` seconds (default 30) for the hits; 202 with
     the job link if they are not ready by then (the job goes on and stays fetchable)."""
-    col = await load_collection(name, r, principal, write=False)
+    principal.require(name, write=False)
+    col = await catalog.get(name)
     if body.k > settings.max_k:
         raise InvalidInput(f"k must be at most {settings.max_k}", "k")
     if body.consistency == "session" and body.min_lsn is None:
@@ -44,4 +45,4 @@ async def search(name: CollectionName, body: SearchRequest, request: Request, r:
     searcher = request.app.state.searcher
     outcome = await searcher.search(col, queries, body, principal.scope,
                                     settings.search_wait_default_s if wait is None else wait)
-    return outcome.response() if isinstance(outcome, Pending) else outcome
+    return outcome.response() if isinstance(outcome, Pending | RawResult) else outcome

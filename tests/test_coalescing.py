@@ -1,0 +1,165 @@
+"""The coalescing scheduler (api/searcher.py) on its own: which requests leave together, and when.
+
+Pure scheduling, driven on an event loop with a dispatcher that records what would be published; the real
+path (Redis, Celery, workers) is exercised by tests/test_search_jobs.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from api.dispatch import RawResult
+from api.searcher import Searcher
+from api.waiter import JobWaiter
+from common import jobs
+from common.collections import Collection
+from common.schemas import SearchRequest
+from common.settings import Settings
+
+COL = Collection(name="c", uid="u1", dim=4, metric="l2", index="Flat", created_at=0.0)
+BODY = SearchRequest(vector=[0.0] * 4)
+
+
+class RecordingDispatcher:
+    """Publishes nothing: remembers each batch (its members' job ids) for the test to answer."""
+
+    def __init__(self) -> None:
+        self.waiter = JobWaiter(None, max_waiters=10_000)  # type: ignore[arg-type]  # never started: no Redis
+        self.batches: list[tuple[str, list[str]]] = []
+        self.r = None
+
+    async def send(self, task: str, job_id: str, kwargs: dict[str, Any]) -> None:
+        self.batches.append((job_id, [m["job_id"] for m in kwargs["members"]]))
+
+    def answer(self, index: int) -> None:
+        """The worker's one message for batch `index`: every member succeeded."""
+        batch_id, members = self.batches[index]
+        self.waiter._resolve(batch_id, {"batch": batch_id})
+        for job_id in members:
+            self.waiter._resolve(job_id, jobs.MemberOutcome(job_id, "succeeded", "result",
+                                                            json.dumps({"job": job_id}).encode()))
+
+
+def searcher(slots: int, delay_ms: float = 50.0) -> tuple[Searcher, RecordingDispatcher]:
+    dispatcher = RecordingDispatcher()
+    settings = Settings(coalesce_max_inflight=slots, coalesce_max_delay_ms=delay_ms)
+    return Searcher(dispatcher, settings), dispatcher  # type: ignore[arg-type]
+
+
+def search(s: Searcher) -> asyncio.Task[Any]:
+    return asyncio.ensure_future(s.search(COL, np.zeros((1, 4), np.float32), BODY, "", wait=5.0))
+
+
+async def turns(n: int = 10) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def sizes(d: RecordingDispatcher) -> list[int]:
+    return [len(members) for _, members in d.batches]
+
+
+def test_a_lone_search_leaves_at_once_and_gets_its_own_answer() -> None:
+    async def main() -> None:
+        s, d = searcher(slots=2)
+        task = search(s)
+        await turns()
+        assert sizes(d) == [1]
+        d.answer(0)
+        result = await task
+        assert isinstance(result, RawResult) and json.loads(result.body) == {"job": d.batches[0][1][0]}
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(("slots", "expected"), [(1, [8]), (2, [4, 4]), (3, [3, 3, 2])])
+def test_requests_read_together_are_shared_out_over_the_slots(slots: int, expected: list[int]) -> None:
+    async def main() -> None:
+        s, d = searcher(slots)
+        tasks = [search(s) for _ in range(8)]
+        await turns()
+        assert sizes(d) == expected
+        for i in range(len(d.batches)):
+            d.answer(i)
+        results = await asyncio.gather(*tasks)
+        assert sorted(json.loads(r.body)["job"] for r in results) == sorted(j for _, m in d.batches for j in m)
+
+    asyncio.run(main())
+
+
+def test_followers_of_a_batch_leave_together_not_one_by_one() -> None:
+    async def main() -> None:
+        s, d = searcher(slots=1)
+        first = [search(s) for _ in range(6)]
+        await turns()
+        d.answer(0)
+        await asyncio.gather(*first)
+        # The six clients come back one by one, as the API reads them: the first does not leave alone.
+        second = []
+        for _ in range(6):
+            second.append(search(s))
+            await turns()
+        assert sizes(d) == [6, 6]
+        d.answer(1)
+        await asyncio.gather(*second)
+
+    asyncio.run(main())
+
+
+def test_no_request_waits_for_missing_followers_longer_than_the_max_delay() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        s, d = searcher(slots=1, delay_ms=30)
+        first = [search(s) for _ in range(4)]
+        await turns()
+        d.answer(0)
+        await asyncio.gather(*first)
+        started = loop.time()
+        late = search(s)  # one of four expected followers; the other three never come
+        while len(d.batches) < 2:
+            await asyncio.sleep(0.002)
+        waited = loop.time() - started
+        assert sizes(d) == [4, 1]
+        assert 0.025 <= waited < 1.0
+        d.answer(1)
+        await late
+
+    asyncio.run(main())
+
+
+def test_slots_bound_the_batches_in_flight_and_the_rest_leaves_as_one() -> None:
+    async def main() -> None:
+        s, d = searcher(slots=1, delay_ms=1)
+        first = search(s)
+        await turns()
+        queued = [search(s) for _ in range(5)]
+        await asyncio.sleep(0.05)  # far past the max delay: still one batch in flight
+        assert sizes(d) == [1]
+        d.answer(0)
+        await first
+        await turns()
+        assert sizes(d) == [1, 5]
+        d.answer(1)
+        await asyncio.gather(*queued)
+
+    asyncio.run(main())
+
+
+def test_a_failed_publish_fails_only_that_batch() -> None:
+    async def main() -> None:
+        s, d = searcher(slots=1)
+
+        async def refuse(task: str, job_id: str, kwargs: dict[str, Any]) -> None:
+            raise ConnectionError("broker away")
+
+        d.send = refuse  # type: ignore[method-assign]
+        with pytest.raises(ConnectionError):
+            await search(s)
+        assert not s.lanes  # nothing left behind: the next search starts clean
+
+    asyncio.run(main())
