@@ -9,11 +9,11 @@ worker can run a batch while an API process answers the clients of another).
 How big a batch: the lane's searches are spread evenly over its slots. The lane counts the requests it holds
 (pending and in flight) plus the followers it expects: when a batch of n waiting requests comes back, their
 clients usually send their next searches right away (an app's worker pool, any closed loop), but the API reads
-them one by one. A free slot takes its share, total / slots, as soon as that many are pending, or whatever
-is pending when no follower is expected: so a lone search leaves at once (at the end of the current event-loop
-turn), and under load the groups of clients stay whole instead of the first follower of a group going alone
-and splitting it for good. No request waits for followers longer than `coalesce_max_delay_ms`; a batch holds
-at most `coalesce_max_batch` query vectors.
+them one by one. A free slot takes its share, total / slots, as soon as that many are pending; or whatever is
+pending when no follower is expected (a lone search leaves at once, at the end of the current event-loop turn)
+or `coalesce_max_delay_ms` after the batch came back. So under load the groups of clients stay whole instead of
+the first follower of a group going alone and splitting it for good. A batch holds at most `coalesce_max_batch`
+query vectors.
 
 Each request keeps its own job id; the batch's `members` say which rows belong to which job, and `reply_to`
 names this process's listener. The worker writes each member's record when it finishes and sends all outcomes
@@ -42,9 +42,6 @@ from common.schemas import SearchRequest
 from common.settings import Settings
 
 BATCH_DONE_TIMEOUT_S = 60.0  # a lane slot is freed after this even if its batch never reports back
-# Followers are expected for this many max delays after their batch came back: the API writes the group's
-# responses and reads its next requests one by one, which takes a while for a big group.
-FOLLOWERS_WITHIN = 4
 
 
 def search_kwargs(col: Collection, queries: np.ndarray, body: SearchRequest) -> dict[str, Any]:
@@ -59,10 +56,16 @@ class Entry:
     queries: np.ndarray
     body: SearchRequest
     scope: str
-    sent: asyncio.Future[None]
-    waiting: bool = True  # the client waits for the hits (and, having them, is likely to search again)
+    # Set once the batch is published, for a client that is shown the job id at once (wait=0). A waiting
+    # client learns of a failed publish through its outcome future instead: one suspension less per search.
+    sent: asyncio.Future[None] | None = None
     submitted_at: float = field(default_factory=time.time)
     queued_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def waiting(self) -> bool:
+        """The client waits for the hits (and, having them, is likely to search again)."""
+        return self.sent is None
 
     def member(self, ttl: int) -> dict[str, Any]:
         return {"job_id": self.job_id, "n": len(self.queries), "k": self.body.k,
@@ -86,6 +89,7 @@ class Lane:
     batches: int = 0  # in flight
     members: int = 0  # requests in the batches in flight
     followers: deque[Followers] = field(default_factory=deque)  # oldest batch first
+    returned_at: float = 0.0  # monotonic: when a batch last came back
     timer: asyncio.TimerHandle | None = None
     launching: bool = False  # a launch is scheduled for the end of this event-loop turn
 
@@ -140,20 +144,17 @@ class Searcher:
                                                 wait=wait, scope=scope)
         waiter = self.dispatcher.waiter
         job_id = new_job_id()
-        entry = Entry(job_id, queries, body, scope, asyncio.get_running_loop().create_future(), waiting=wait > 0)
         if wait <= 0:
+            sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            entry = Entry(job_id, queries, body, scope, sent)
             self._enqueue(col, entry)
-            await entry.sent
+            await sent
             await self._record(col, entry)
             return Pending(job_id)
+        entry = Entry(job_id, queries, body, scope)
         with waiter.slot():
             future = waiter.register(job_id)
-            try:
-                self._enqueue(col, entry)
-                await entry.sent
-            except BaseException:
-                waiter.unregister(job_id, future)
-                raise
+            self._enqueue(col, entry)
             outcome = await waiter.wait(job_id, future, min(wait, self.settings.wait_max_s))
         if outcome is None:
             await self._record(col, entry)
@@ -185,7 +186,9 @@ class Searcher:
             return
         if lane.batches >= slots:
             return  # the batch that comes back kicks the lane again
-        deadline = lane.pending[0].queued_at + self.max_delay_s
+        # Waiting for followers starts when their batch comes back, even for requests that waited for the slot
+        # before: those join the group instead of leaving as a small batch of their own, which would stay split.
+        deadline = max(lane.pending[0].queued_at, lane.returned_at) + self.max_delay_s
         if (lane.expected(now) and len(lane.pending) < lane.share(slots, now) and now < deadline
                 and lane.rows() < self.settings.coalesce_max_batch):
             self._arm(key, lane, deadline)
@@ -227,12 +230,14 @@ class Searcher:
             await self.dispatcher.send(SEARCH, batch_id, kwargs)
         except BaseException as exc:
             for entry in batch:
-                if not entry.sent.done():
+                if entry.sent is None:
+                    waiter.fail(entry.job_id, exc)
+                elif not entry.sent.done():
                     entry.sent.set_exception(exc)
             done.cancel()
         else:
             for entry in batch:
-                if not entry.sent.done():
+                if entry.sent is not None and not entry.sent.done():
                     entry.sent.set_result(None)
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(done, BATCH_DONE_TIMEOUT_S)
@@ -242,8 +247,10 @@ class Searcher:
             lane.batches -= 1
             lane.members -= len(batch)
             waiting = sum(1 for entry in batch if entry.waiting)
-            if came_back and waiting:
-                lane.followers.append(Followers(waiting, time.monotonic() + FOLLOWERS_WITHIN * self.max_delay_s))
+            if came_back:
+                lane.returned_at = time.monotonic()
+                if waiting:
+                    lane.followers.append(Followers(waiting, lane.returned_at + self.max_delay_s))
             self._kick(key, lane)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:

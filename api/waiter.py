@@ -99,6 +99,12 @@ class JobWaiter:
             if not future.done():
                 future.set_result(outcome)
 
+    def fail(self, job_id: str, exc: BaseException) -> None:
+        """The job never got going (its message could not be published): its waiters raise `exc`."""
+        for future in self._futures.get(job_id, ()):
+            if not future.done():
+                future.set_exception(exc)
+
     def _wake_all(self, value: Outcome) -> None:
         for futures in self._futures.values():
             for future in futures:

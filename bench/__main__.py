@@ -16,7 +16,8 @@ from bench.run import ROOT, Config
 
 QUICK = {"n": 5000, "dim": 32, "queries": 200, "concurrency": [1, 8, 64], "duration": 1.0, "requests": 500,
          "warmup": 0.3, "tune": False, "naive_default_threads": False, "collect_timeout": 60.0,
-         "tune_concurrency": [64], "tune_blas": [4, 1000], "tune_omp": [1], "tune_delay": [20.0]}
+         "tune_concurrency": [64], "tune_blas": [4, 1000], "tune_omp": [1], "tune_delay": [20.0],
+         "repeats": 1}
 
 
 def ints(text: str) -> list[int]:
@@ -44,6 +45,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help=f"measured seconds per load level, at most (default {d.duration})")
     p.add_argument("--requests", type=int, help=f"measured requests per load level, at most (default {d.requests})")
     p.add_argument("--warmup", type=float, help=f"unmeasured seconds before each level (default {d.warmup})")
+    p.add_argument("--repeats", type=int, help=f"runs of each repeated level, median reported (default {d.repeats})")
+    p.add_argument("--repeat-levels", type=ints, dest="repeat_levels", help="levels run --repeats times (64)")
     p.add_argument("--seed", type=int, help="data seed (default 0)")
     p.add_argument("--ef-search", type=int, dest="ef_search", help=f"HNSW efSearch everywhere (default {d.ef_search})")
     p.add_argument("--batch", type=int, help=f"vectors per JSON ingest request (default {d.batch:,})")

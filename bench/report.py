@@ -92,6 +92,12 @@ def _f(x: float | None, digits: int = 1) -> str:
     return f"{x:,.{digits}f}"
 
 
+def _qps(lv: dict[str, Any]) -> str:
+    """QPS, with the range of the runs when the level was repeated (the median run is the one reported)."""
+    runs = lv.get("qps_runs")
+    return _f(lv["qps"]) + (f" ({_f(min(runs), 0)}-{_f(max(runs), 0)})" if runs else "")
+
+
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
@@ -113,7 +119,7 @@ def table(res: dict[str, Any]) -> str:
             lines.append(f"| in-process FAISS, {b['queries']:,} queries per call, {b['threads']} thread"
                          f"{'s' if b['threads'] > 1 else ''} | - | {_f(b['qps'])} | | | {_ratio(b['qps'], base)} | |")
         for c, lv in naive["levels"].items():
-            lines.append(f"| naive FastAPI + FAISS (1 process, OMP 1) | {c} | {_f(lv['qps'])} | {_f(lv['p50_ms'], 2)} "
+            lines.append(f"| naive FastAPI + FAISS (1 process, OMP 1) | {c} | {_qps(lv)} | {_f(lv['p50_ms'], 2)} "
                          f"| {_f(lv['p99_ms'], 2)} | {_ratio(lv['qps'], base)} | 1.00x |")
         if "default_omp_threads" in naive:
             lv = naive["default_omp_threads"]
@@ -122,7 +128,7 @@ def table(res: dict[str, Any]) -> str:
         for mode, label in (("coalesce_off", "vecq, coalescing off"), ("coalesce_on", "vecq, coalescing on")):
             for c, lv in vq[mode]["levels"].items():
                 nv = naive["levels"].get(c, {}).get("qps")
-                lines.append(f"| {label} | {c} | {_f(lv['qps'])} | {_f(lv['p50_ms'], 2)} | {_f(lv['p99_ms'], 2)} "
+                lines.append(f"| {label} | {c} | {_qps(lv)} | {_f(lv['p50_ms'], 2)} | {_f(lv['p99_ms'], 2)} "
                              f"| {_ratio(lv['qps'], base)} | {_ratio(lv['qps'], nv)} |")
         for mode, label in (("coalesce_off", "off"), ("coalesce_on", "on")):
             lv = vq[mode]["poll"]
@@ -130,6 +136,9 @@ def table(res: dict[str, Any]) -> str:
             lines.append(f"| vecq POST-then-poll, coalescing {label} | {lv['concurrency']} | {_f(lv['qps'])} | "
                          f"{_f(lv['p50_ms'], 2)} | {_f(lv['p99_ms'], 2)} | {_ratio(lv['qps'], base)} | "
                          f"{_ratio(lv['qps'], nv)} |")
+        if cfg.get("repeats", 1) > 1:
+            lines += ["", f"Levels {', '.join(f'c={c}' for c in cfg.get('repeat_levels', []))} ran {cfg['repeats']} "
+                      "times each: the run with the median QPS is shown, the range of all runs in parentheses."]
         lines += cpu_table(r)
         ids = vq["identical_ids"]
         ingest = vq["ingest"]["json"]

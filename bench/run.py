@@ -38,6 +38,8 @@ class Config:
     duration: float = 5.0  # measured seconds per load level (at most)
     requests: int = 5000  # measured requests per load level (at most)
     warmup: float = 1.0  # unmeasured seconds before each level
+    repeats: int = 3  # runs of each level in `repeat_levels`; the run with the median QPS is reported
+    repeat_levels: list[int] = field(default_factory=lambda: [64])  # the goals' level: ±10% run to run here
     seed: int = 0
     ef_search: int = 64
     batch: int = 10_000  # vectors per JSON ingest request
@@ -99,8 +101,12 @@ class Run:
     def levels(self, url: str, template: dict[str, Any], what: str) -> dict[str, dict[str, Any]]:
         out = {}
         for c in self.cfg.concurrency:
-            out[str(c)] = res = self.level(url, c, template)
+            runs = [self.level(url, c, template) for _ in range(self.cfg.repeats if c in self.cfg.repeat_levels else 1)]
+            out[str(c)] = res = sorted(runs, key=lambda r: r["qps"])[len(runs) // 2]
+            if len(runs) > 1:
+                res["qps_runs"] = [r["qps"] for r in runs]
             say(f"  {what} c={c}: {res['qps']} QPS, p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms{cpu_note(res)}"
+                + (f" (median of {', '.join(str(r['qps']) for r in runs)})" if len(runs) > 1 else "")
                 + (f", {res['errors']} errors {res['error_samples'][:1]}" if res["errors"] else ""))
         return out
 

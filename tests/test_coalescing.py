@@ -111,7 +111,7 @@ def test_followers_of_a_batch_leave_together_not_one_by_one() -> None:
     asyncio.run(main())
 
 
-def test_no_request_waits_for_missing_followers_longer_than_the_max_delay() -> None:
+def test_missing_followers_are_waited_for_at_most_the_max_delay() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         s, d = searcher(slots=1, delay_ms=30)
@@ -142,7 +142,7 @@ def test_slots_bound_the_batches_in_flight_and_the_rest_leaves_as_one() -> None:
         assert sizes(d) == [1]
         d.answer(0)
         await first
-        await turns()
+        await asyncio.sleep(0.02)  # past the max delay for the first batch's follower, which never comes
         assert sizes(d) == [1, 5]
         d.answer(1)
         await asyncio.gather(*queued)
@@ -161,5 +161,25 @@ def test_a_failed_publish_fails_only_that_batch() -> None:
         with pytest.raises(ConnectionError):
             await search(s)
         assert not s.lanes  # nothing left behind: the next search starts clean
+
+    asyncio.run(main())
+
+
+def test_requests_that_waited_for_the_slot_join_the_followers_of_the_batch_that_frees_it() -> None:
+    async def main() -> None:
+        s, d = searcher(slots=1)
+        first = [search(s) for _ in range(4)]
+        await turns()
+        waiting = [search(s) for _ in range(2)]  # no slot: they wait for the batch of four
+        await turns()
+        d.answer(0)
+        await asyncio.gather(*first)
+        followers = []
+        for _ in range(4):
+            followers.append(search(s))
+            await turns()
+        assert sizes(d) == [4, 6]  # not [4, 2, 4]: a group split once would stay split
+        d.answer(1)
+        await asyncio.gather(*waiting, *followers)
 
     asyncio.run(main())
