@@ -1,4 +1,4 @@
-# vecq image: the API (`uvicorn api.main:app`) and the workers (`celery -A worker worker`) run from it;
+# vecq image: the API (`python -m api.serve`) and the workers (`celery -A worker worker`) run from it;
 # the `flower` stage adds Celery Flower for monitoring. See docker-compose.yml.
 #   docker build -t vecq .                      # API + worker image
 #   docker build --target flower -t vecq-flower .
@@ -39,4 +39,4 @@ USER vecq
 VOLUME ["/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 CMD ["python", "-m", "vecq.probe", "api"]
-CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]
+CMD ["python", "-m", "api.serve", "--host", "0.0.0.0", "--port", "8000"]

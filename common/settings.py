@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     workers: int = Field(
         os.cpu_count() or 1, ge=1, description="Worker processes `vecq up` starts (the API sizes coalescing by it)."
     )
-    api_processes: int = Field(1, ge=1, description="API processes `vecq up` starts (uvicorn --workers).")
+    api_processes: int = Field(1, ge=1, description="API processes `vecq up` and `python -m api.serve` start.")
     api_host: str = Field("127.0.0.1", description="Where `vecq up` binds the API.")
     api_port: int = Field(8000, description="Port of the API under `vecq up`.")
     api_keys: str = Field(

@@ -316,7 +316,7 @@ def test_compose_file_and_dockerfile() -> None:
     assert worker["healthcheck"]["test"][-2:] == ["vecq.probe", "worker"]
 
     api = services["api"]
-    assert api["command"][:2] == ["uvicorn", "api.main:app"] and "0.0.0.0" in api["command"]
+    assert api["command"][:3] == ["python", "-m", "api.serve"] and "0.0.0.0" in api["command"]
     assert api["environment"]["VECQ_REDIS_URL"] == "redis://redis:6379/0"
     assert "redis://redis:6379/0" in services["flower"]["command"] and "flower" in services["flower"]["command"]
 

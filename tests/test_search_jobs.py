@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 import uuid
@@ -12,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.conftest import log_of
 from tests.helpers import add, ids_of, search, wait_job
 from vecq.stack import Stack
 
@@ -76,6 +78,43 @@ def test_500_concurrent_sync_searches_coalescing_on_and_off(new_stack) -> None: 
         # No thread per waiting request: the thread count stays far below the 500 requests in flight.
         assert max(peak) <= 16, max(peak)
     assert answers["on"] == answers["off"]
+
+
+def test_two_api_processes_coalesce_on_their_own_and_bad_input_fails_alone(new_stack) -> None:  # type: ignore[no-untyped-def]
+    """uvicorn --workers 2: each process batches its own searches and gets its batches' answers back on its own
+    channel. Bad input fails alone: a wrong dim or k is refused before batching, and parameters the index does not
+    take are refused by the worker, in a lane of their own (a lane is one collection and one set of parameters)."""
+    stack: Stack = new_stack(workers=2)
+    stack.api.stop()  # type: ignore[union-attr]
+    url = stack.start_api(processes=2, extra_env={"VECQ_WORKERS": "2", "VECQ_API_PROCESSES": "2"})
+    stack.wait_ready(workers=2)
+    rng = np.random.default_rng(13)
+    data = rng.standard_normal((3000, 16)).astype(np.float32)
+    _create(url, "multi", 16)
+    with httpx.Client(base_url=url, timeout=60) as client:
+        add(client, "multi", data, ids=[f"p{i}" for i in range(3000)])
+    picks = rng.choice(3000, 300, replace=False)
+    bodies: list[dict[str, object]] = [{"vector": (data[i] + 0.001).tolist(), "k": 3} for i in picks]
+    bad = {7: {"vector": [0.0] * 15, "k": 3}, 42: {"vector": data[0].tolist(), "k": 0},
+           99: {"vector": data[0].tolist(), "k": 3, "params": {"nprobe": 4}}}
+    for i, body in bad.items():
+        bodies[i] = body
+
+    async def burst() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+            return await asyncio.gather(*[client.post("/v1/collections/multi/search", json=b) for b in bodies])
+
+    responses = asyncio.run(burst())
+    for i, (resp, pick) in enumerate(zip(responses, picks, strict=True)):
+        if i in bad:
+            assert resp.status_code == 422 and resp.json()["error"]["field"], (i, resp.text)
+        else:
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["results"][0][0]["id"] == f"p{pick}"
+    members = [int(m) for log in (log_of(stack, "worker1"), log_of(stack, "worker2"))
+               for m in re.findall(r"type=search-batch .*?members=(\d+)", log)]
+    assert sum(members) >= 297 and max(members) > 1, members  # answered in batches, every one accounted for
 
 
 def test_post_then_poll_matches_sync(api: httpx.Client, make_collection) -> None:  # type: ignore[no-untyped-def]

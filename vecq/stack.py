@@ -138,8 +138,9 @@ class Stack:
     def start_api(self, host: str = "127.0.0.1", port: int | None = None, processes: int = 1,
                   extra_env: Mapping[str, str] | None = None) -> str:
         port = port or free_port()
-        argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port),
-                "--no-access-log", "--log-level", "warning", "--workers", str(processes)]
+        # api.serve, not `uvicorn --workers`: a socket per process spreads the connections (see api/serve.py).
+        argv = [sys.executable, "-m", "api.serve", "--host", host, "--port", str(port),
+                "--processes", str(processes), "--log-level", "warning"]
         self.api = self._spawn("api", argv, extra_env)
         self.api_url = f"http://{host}:{port}"
         return self.api_url
