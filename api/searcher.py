@@ -16,9 +16,10 @@ the first follower of a group going alone and splitting it for good. A batch hol
 query vectors.
 
 Each request keeps its own job id; the batch's `members` say which rows belong to which job, and `reply_to`
-names this process's listener. The worker writes each member's record when it finishes and sends all outcomes
-in one message, so a synchronous search costs the API no Redis write; a member whose id is about to be shown
-(wait=0, or the wait ran out) gets its record first. Nothing is shared between API processes.
+names this process's listener. The worker sends all outcomes in one message and keeps them `hold_s`; a search
+answered while its client waits costs the API no Redis write and leaves no record behind, and a member whose id
+is shown (wait=0, or the wait ran out) gets its record then (common/jobs.py). Nothing is shared between API
+processes.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ from common.schemas import SearchRequest
 from common.settings import Settings
 
 BATCH_DONE_TIMEOUT_S = 60.0  # a lane slot is freed after this even if its batch never reports back
+# How long a batch's outcomes stay readable after its members' waits run out: the record of a member whose
+# id is shown then (a 202) is made from them. Seconds, far more than that takes.
+HOLD_MARGIN_S = 30.0
 
 
 def search_kwargs(col: Collection, queries: np.ndarray, body: SearchRequest) -> dict[str, Any]:
@@ -59,18 +63,19 @@ class Entry:
     # Set once the batch is published, for a client that is shown the job id at once (wait=0). A waiting
     # client learns of a failed publish through its outcome future instead: one suspension less per search.
     sent: asyncio.Future[None] | None = None
+    wait: float = 0.0  # seconds the client waits for the hits
     submitted_at: float = field(default_factory=time.time)
     queued_at: float = field(default_factory=time.monotonic)
+    batch_id: str | None = None  # set when it leaves
 
     @property
     def waiting(self) -> bool:
         """The client waits for the hits (and, having them, is likely to search again)."""
         return self.sent is None
 
-    def member(self, ttl: int) -> dict[str, Any]:
+    def member(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "n": len(self.queries), "k": self.body.k,
-                "include_metadata": self.body.include_metadata, "include_vectors": self.body.include_vectors,
-                "scope": self.scope, "submitted_at": self.submitted_at, "ttl": ttl}
+                "include_metadata": self.body.include_metadata, "include_vectors": self.body.include_vectors}
 
 
 @dataclass
@@ -151,19 +156,21 @@ class Searcher:
             await sent
             await self._record(col, entry)
             return Pending(job_id)
-        entry = Entry(job_id, queries, body, scope)
+        wait = min(wait, self.settings.wait_max_s)
+        entry = Entry(job_id, queries, body, scope, wait=wait)
         with waiter.slot():
             future = waiter.register(job_id)
             self._enqueue(col, entry)
-            outcome = await waiter.wait(job_id, future, min(wait, self.settings.wait_max_s))
+            outcome = await waiter.wait(job_id, future, wait)
         if outcome is None:
             await self._record(col, entry)
             return await self.dispatcher.pending(job_id)
         return result_of(outcome)
 
     async def _record(self, col: Collection, entry: Entry) -> None:
-        await jobs.acreate_if_absent(self.dispatcher.r, entry.job_id, "search", col.name,
-                                     ttl=self.settings.job_ttl_s, scope=entry.scope, submitted_at=entry.submitted_at)
+        """The record of a member whose id is about to be shown (see common/jobs.py, members)."""
+        await jobs.amember_record(self.dispatcher.r, entry.job_id, entry.batch_id, col.name,
+                                  ttl=self.settings.job_ttl_s, scope=entry.scope, submitted_at=entry.submitted_at)
 
     # Scheduling ----------------------------------------------------------------------------------------------
     def _enqueue(self, col: Collection, entry: Entry) -> None:
@@ -214,19 +221,23 @@ class Searcher:
         slots = self.settings.coalesce_inflight
         if lane.pending and lane.batches < slots:
             batch = lane.take(self.settings.coalesce_max_batch, lane.share(slots, time.monotonic()))
+            batch_id = new_job_id()
+            for entry in batch:
+                entry.batch_id = batch_id
             lane.batches += 1
             lane.members += len(batch)
-            self._spawn(self._run(key, lane, batch))
+            self._spawn(self._run(key, lane, batch_id, batch))
         self._kick(key, lane)  # another slot may take its share too
 
-    async def _run(self, key: Hashable, lane: Lane, batch: list[Entry]) -> None:
+    async def _run(self, key: Hashable, lane: Lane, batch_id: str, batch: list[Entry]) -> None:
         waiter = self.dispatcher.waiter
-        batch_id = new_job_id()
         done = waiter.register(batch_id)  # the batch's one message resolves it, with its members
         came_back = False
         try:
             kwargs = search_kwargs(lane.col, np.concatenate([e.queries for e in batch]), lane.body)
-            kwargs.update(members=[e.member(self.settings.job_ttl_s) for e in batch], reply_to=waiter.listener_id)
+            waits_end = max(e.queued_at + e.wait for e in batch)
+            kwargs.update(members=[e.member() for e in batch], reply_to=waiter.listener_id,
+                          hold_s=round(max(0.0, waits_end - time.monotonic()) + HOLD_MARGIN_S, 3))
             await self.dispatcher.send(SEARCH, batch_id, kwargs)
         except BaseException as exc:
             for entry in batch:

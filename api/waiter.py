@@ -151,7 +151,7 @@ class JobWaiter:
                 if outcome is not RECHECK:
                     return outcome
                 raw = await jobs.aget(self.r, job_id)
-                # No record yet is normal for a search member: it gets one when it finishes.
+                # No record is normal for a search member: it gets one only if its id is shown.
                 if raw is not None and jobs.public(raw)["status"] in jobs.TERMINAL:
                     return jobs.public(raw)
                 if future.done():

@@ -210,9 +210,11 @@ def set_total(r: redis.Redis, job_id: str, total: int) -> None:
     r.hset(keys.job(job_id), mapping={"progress_total": str(total), "progress_done": "0"})
 
 
-# Searches sent by the API are "members" of a batch message and get their record when they finish: the
-# sync path then costs no Redis write in the API, and a member's id is never shown to a client before its
-# record exists (the 202 path creates it first, see acreate_if_absent).
+# Searches sent by the API are "members" of a batch message. A member that is answered while its client waits
+# never gets a record: its id is never shown, and a day of records at a thousand searches a second would fill
+# Redis. The worker keeps a batch's outcomes for `hold_s` (`batch` key, one hash) and finishes the records that
+# exist; the API creates a member's record only when it shows the id (wait=0, or the wait ran out), from the
+# batch's outcomes if they are in (amember_record). Either script may run first: the record ends up right.
 
 _DELIVERY = """
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
@@ -228,23 +230,30 @@ def claim_delivery(r: redis.Redis, batch_id: str, *, max_attempts: int, ttl: int
     return Claim(out.decode() if isinstance(out, bytes) else out)
 
 
-# All members of a batch in one script. KEYS: each member's record and watchers keys, in pairs. ARGV: collection,
-# started_at, finished_at, worker, then per member: job_id, scope, status, field, encoded value, submitted_at, ttl.
+# KEYS: the batch's outcomes hash, then each member's record and watchers keys. ARGV: started_at, finished_at,
+# worker, hold_s, then per member: job_id, status, field, encoded value.
 _FINISH_MEMBERS = """
-local collection, started_at, finished_at, worker = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local started_at, finished_at, worker = ARGV[1], ARGV[2], ARGV[3]
+local outcomes = {}
+for i = 1, (#KEYS - 1) / 2 do
+  local a = 4 + (i - 1) * 4
+  local job_id = ARGV[a + 1]
+  table.insert(outcomes, job_id .. ':status'); table.insert(outcomes, ARGV[a + 2])
+  table.insert(outcomes, job_id .. ':field'); table.insert(outcomes, ARGV[a + 3])
+  table.insert(outcomes, job_id .. ':value'); table.insert(outcomes, ARGV[a + 4])
+end
+if #outcomes > 0 then
+  redis.call('HSET', KEYS[1], unpack(outcomes))
+  redis.call('EXPIRE', KEYS[1], math.max(1, math.ceil(tonumber(ARGV[4]))))
+end
 local finished = 0
-for i = 1, #KEYS / 2 do
-  local record, watchers, a = KEYS[2 * i - 1], KEYS[2 * i], 4 + (i - 1) * 7
-  local job_id, status, field, encoded = ARGV[a + 1], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+for i = 1, (#KEYS - 1) / 2 do
+  local record, watchers, a = KEYS[2 * i], KEYS[2 * i + 1], 4 + (i - 1) * 4
+  local job_id, status, field, encoded = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local was = redis.call('HGET', record, 'status')
-  if was ~= 'succeeded' and was ~= 'failed' and was ~= 'canceled' then
-    redis.call('HSET', record, 'job_id', job_id, 'type', 'search', 'collection', collection, 'scope', ARGV[a + 2],
-               'status', status, 'started_at', started_at, 'finished_at', finished_at, field, encoded,
-               'worker', worker)
-    if not was then  -- first sight of this record (else the API made it, with its TTL and submitted_at)
-      redis.call('HSET', record, 'submitted_at', ARGV[a + 6], 'attempts', '1')
-      redis.call('EXPIRE', record, tonumber(ARGV[a + 7]))
-    end
+  if was and was ~= 'succeeded' and was ~= 'failed' and was ~= 'canceled' then
+    redis.call('HSET', record, 'status', status, 'started_at', started_at, 'finished_at', finished_at,
+               field, encoded, 'worker', worker, 'attempts', '1')
     local channels = redis.call('SMEMBERS', watchers)
     if #channels > 0 then
       local message = '{"job_id":' .. cjson.encode(job_id) .. ',"status":' .. cjson.encode(status) .. ','
@@ -259,28 +268,26 @@ return finished
 
 
 def finish_members(pipe: redis.client.Pipeline, batch_id: str, outcomes: list[tuple[dict[str, Any], Any,
-                   dict[str, Any] | None]], *, collection: str, reply_to: str | None, started_at: float,
-                   worker: str, ttl: int) -> None:
-    """Queue, on `pipe`, the records of a batch's members ((member, result, error) each, written by one script),
-    one message to the submitting API process's channel with every outcome, and the end of the batch's delivery
-    count."""
-    now = _now()
-    keys_: list[str] = []
-    args: list[str | int] = [collection, f"{started_at:.6f}", now, worker]
+                   dict[str, Any] | None]], *, reply_to: str | None, started_at: float, worker: str,
+                   hold_s: float) -> None:
+    """Queue, on `pipe`: the batch's outcomes ((member, result, error) each), kept `hold_s` for members whose id
+    the API shows later, the members' records that exist, one message with every outcome to the submitting API
+    process, and the end of the batch's delivery count."""
+    record_keys: list[str] = []
+    args: list[str | float] = [f"{started_at:.6f}", _now(), worker, hold_s]
     encoded_outcomes = []
     for member, result, error in outcomes:
         job_id = str(member["job_id"])
         status = "failed" if error is not None else "succeeded"
         field, value = ("error", error) if error is not None else ("result", result)
-        # Encoded once: the same bytes go into the record, the watchers' message and the batch's, and from
-        # there, untouched, into the HTTP response.
+        # Encoded once: the same bytes go into the outcomes, a record, the watchers' message and the batch's,
+        # and from there, untouched, into the HTTP response.
         encoded = _dumps(value)
         encoded_outcomes.append((job_id, status, field, encoded))
-        keys_ += [keys.job(job_id), keys.job_watchers(job_id)]
-        args += [job_id, str(member.get("scope", "")), status, field, encoded, str(member.get("submitted_at") or now),
-                 int(member.get("ttl") or ttl)]
-    if keys_:
-        pipe.evalsha(_FINISH_MEMBERS_SHA, len(keys_), *keys_, *args)
+        record_keys += [keys.job(job_id), keys.job_watchers(job_id)]
+        args += [job_id, status, field, encoded]
+    if record_keys:
+        pipe.evalsha(_FINISH_MEMBERS_SHA, 1 + len(record_keys), keys.batch_outcomes(batch_id), *record_keys, *args)
     if reply_to:
         pipe.publish(keys.job_channel(reply_to), batch_message(batch_id, encoded_outcomes))
     pipe.delete(keys.delivery(batch_id))
@@ -336,17 +343,28 @@ def load_scripts(r: redis.Redis) -> None:
     r.script_load(_FINISH_MEMBERS)
 
 
-_CREATE_IF_ABSENT = """
+# KEYS: the member's record, its batch's outcomes (or "" before the batch left). ARGV: ttl, then the record's
+# initial fields. Finished already (the batch's outcomes are in): the record is created finished.
+_MEMBER_RECORD = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+if KEYS[2] ~= '' then
+  local job_id = redis.call('HGET', KEYS[1], 'job_id')
+  local done = redis.call('HMGET', KEYS[2], job_id .. ':status', job_id .. ':field', job_id .. ':value')
+  if done[1] then
+    redis.call('HSET', KEYS[1], 'status', done[1], done[2], done[3], 'attempts', '1')
+  end
+end
 return 1
 """
 
 
-async def acreate_if_absent(r: aredis.Redis, job_id: str, job_type: str, collection: str | None, *, ttl: int,
-                            scope: str, submitted_at: float) -> None:
-    """The record of a member whose id is about to be shown (202): queued, unless it has finished already."""
-    fields = _initial(job_id, job_type, collection, scope, None)
+async def amember_record(r: aredis.Redis, job_id: str, batch_id: str | None, collection: str, *, ttl: int,
+                         scope: str, submitted_at: float) -> None:
+    """The record of a member whose id is about to be shown (202): finished if its batch's outcomes are in,
+    queued otherwise (the worker finishes it then)."""
+    fields = _initial(job_id, "search", collection, scope, None)
     fields["submitted_at"] = f"{submitted_at:.6f}"
-    await r.eval(_CREATE_IF_ABSENT, 1, keys.job(job_id), ttl, *[x for kv in fields.items() for x in kv])
+    outcomes = keys.batch_outcomes(batch_id) if batch_id else ""
+    await r.eval(_MEMBER_RECORD, 2, keys.job(job_id), outcomes, ttl, *[x for kv in fields.items() for x in kv])

@@ -1,7 +1,7 @@
 """Redis key layout. Every key vecq writes is built here, from validated names only.
 
 Each family is written by one module: collections.py (`col`), wal.py (`wal`, `docs`, `dedup`, `trim`),
-jobs.py (`job`, `delivery`), blobs.py (`blob`), heartbeat.py (`hb`), snapshots.py (`snap`, `snaplock`),
+jobs.py (`job`, `delivery`, `batch`), blobs.py (`blob`), heartbeat.py (`hb`), snapshots.py (`snap`, `snaplock`),
 stats.py (`stats`).
 """
 
@@ -80,6 +80,10 @@ def job_watchers(job_id: str) -> str:
 
 def delivery(batch_id: str) -> str:
     return f"{PREFIX}:delivery:{check_token(batch_id)}"
+
+
+def batch_outcomes(batch_id: str) -> str:
+    return f"{PREFIX}:batch:{check_token(batch_id)}"
 
 
 def job_channel(listener_id: str) -> str:

@@ -12,7 +12,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import redis
+import redis.asyncio as aredis
 
+from common import jobs, keys
 from tests.conftest import log_of
 from tests.helpers import add, ids_of, search, wait_job
 from vecq.stack import Stack
@@ -232,3 +235,57 @@ def test_mixed_k_and_flags_in_one_burst(api: httpx.Client, make_collection, inde
         assert all(("vector" in h) == b["include_vectors"] for h in row)
         if b["include_metadata"]:
             assert row[0]["metadata"] == {"i": int(row[0]["id"][1:])}
+
+
+def _job_keys(r: redis.Redis) -> int:
+    return sum(1 for k in r.scan_iter(match="vecq:job:*", count=1000) if not k.endswith(b":watchers"))
+
+
+def test_a_search_answered_while_waiting_leaves_no_record(api: httpx.Client, r: redis.Redis, make_collection) -> None:  # type: ignore[no-untyped-def]
+    """Its id is never shown, so a record would only fill Redis (a day of them at a thousand searches a second)."""
+    name = make_collection(dim=4)
+    add(api, name, np.eye(4), ids=["a", "b", "c", "d"])
+    before = _job_keys(r)
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=str(api.base_url), timeout=60) as client:
+            return await asyncio.gather(*[client.post(f"/v1/collections/{name}/search",
+                                                      json={"vector": [1, 0, 0, 0], "k": 1}) for _ in range(40)])
+
+    assert {resp.status_code for resp in asyncio.run(burst())} == {200}
+    assert _job_keys(r) == before
+
+
+@pytest.mark.parametrize("record_first", [True, False])
+def test_a_shown_member_ends_up_finished_whichever_script_runs_first(r: redis.Redis, record_first: bool) -> None:
+    """The API makes a member's record when it shows the id; the worker finishes records and keeps the batch's
+    outcomes. In either order the record ends up with the result."""
+    batch_id, job_id = uuid.uuid4().hex, uuid.uuid4().hex
+    result = {"results": [[{"id": "a", "score": 0.5}]], "lsn": "1-0", "took_ms": 1.0, "worker": "w1"}
+    conn = r.connection_pool.connection_kwargs
+
+    def finish() -> None:
+        jobs.load_scripts(r)
+        with r.pipeline(transaction=False) as pipe:
+            jobs.finish_members(pipe, batch_id, [({"job_id": job_id}, result, None)], reply_to=None,
+                                started_at=time.time(), worker="w1", hold_s=60)
+            pipe.execute()
+
+    def record() -> None:
+        async def go() -> None:
+            client = aredis.Redis(host=conn["host"], port=conn["port"], db=conn.get("db", 0))
+            try:
+                await jobs.amember_record(client, job_id, batch_id, "c", ttl=600, scope="s", submitted_at=time.time())
+            finally:
+                await client.aclose()
+
+        asyncio.run(go())
+
+    for step in ((record, finish) if record_first else (finish, record)):
+        step()
+    raw = jobs.get(r, job_id)
+    assert raw is not None
+    job = jobs.public(raw)
+    assert (job["status"], job["type"], job["collection"], job["result"]) == ("succeeded", "search", "c", result)
+    assert jobs.scope_of(raw) == "s" and 500 < r.ttl(keys.job(job_id)) <= 600
+    assert 0 < r.ttl(keys.batch_outcomes(batch_id)) <= 60

@@ -236,12 +236,14 @@ def delete(self: Task, *, collection: str, ids: list[str], uid: str | None = Non
 def search(self: Task, *, collection: str, vectors_b64: str, k: int = 10, uid: str | None = None,
            params: dict[str, Any] | None = None, include_metadata: bool = False, include_vectors: bool = False,
            consistency: str = "strong", min_lsn: str | None = None,
-           members: list[dict[str, Any]] | None = None, reply_to: str | None = None) -> None:
+           members: list[dict[str, Any]] | None = None, reply_to: str | None = None,
+           hold_s: float | None = None) -> None:
     """Search. Any producer can send the plain form (the task id is the job id). The API sends `members`
-    ([{job_id, n, k, include_metadata, include_vectors, scope, submitted_at}, ...]: the rows of each request,
-    in order) and `reply_to` (its listener) instead: see search_batch."""
+    ([{job_id, n, k, include_metadata, include_vectors}, ...]: the rows of each request, in order), `reply_to`
+    (its listener) and `hold_s` (how long the outcomes must stay readable) instead: see search_batch."""
     if members is not None:
-        search_batch(self, collection, uid, vectors_b64, params or {}, consistency, min_lsn, members, reply_to)
+        hold = hold_s if hold_s is not None else state.current().settings.wait_max_s + 60
+        search_batch(self, collection, uid, vectors_b64, params or {}, consistency, min_lsn, members, reply_to, hold)
         return
 
     def body(st: state.ProcessState, job_id: str) -> dict[str, Any]:
@@ -255,10 +257,12 @@ def search(self: Task, *, collection: str, vectors_b64: str, k: int = 10, uid: s
 
 
 def search_batch(task: Task, collection: str, uid: str | None, vectors_b64: str, params: dict[str, Any],
-                 consistency: str, min_lsn: str | None, members: list[dict[str, Any]], reply_to: str | None) -> None:
-    """Searches sent by the API: one or more requests (members), answered with one FAISS call. Each member's
-    record is written when it finishes, all in one round trip with one message to the waiting API process.
-    A failure fails this batch's members only; a batch that keeps killing its worker is failed as poison."""
+                 consistency: str, min_lsn: str | None, members: list[dict[str, Any]], reply_to: str | None,
+                 hold_s: float) -> None:
+    """Searches sent by the API: one or more requests (members), answered with one FAISS call. The outcomes go
+    to the waiting API process in one message and stay readable `hold_s` (common/jobs.py, members), all in one
+    round trip. A failure fails this batch's members only; a batch that keeps killing its worker is failed as
+    poison."""
     st = state.current()
     started_at, started = time.time(), time.perf_counter()
     batch_id: str = task.request.id
@@ -285,8 +289,8 @@ def search_batch(task: Task, collection: str, uid: str | None, vectors_b64: str,
     for attempt in range(2):
         try:
             with st.r.pipeline(transaction=False) as pipe:
-                jobs.finish_members(pipe, batch_id, outcomes, collection=collection, reply_to=reply_to,
-                                    started_at=started_at, worker=st.worker, ttl=st.settings.job_ttl_s)
+                jobs.finish_members(pipe, batch_id, outcomes, reply_to=reply_to, started_at=started_at,
+                                    worker=st.worker, hold_s=hold_s)
                 stats.add_jobs(pipe, [("search", "failed" if e else "succeeded", duration_ms / 1000)
                                       for _, _, e in outcomes])
                 pipe.execute()
