@@ -260,6 +260,15 @@ class Run:
                 f"p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms{cpu_note(res)}")
         return row
 
+    def api_rows(self, name: str, tmpl: dict[str, Any], setting: str, values: list[Any]) -> list[dict[str, Any]]:
+        """One tuning row per value of an API setting (coalescing on), the API restarted with each."""
+        rows = []
+        for value in values:
+            self.vecq.start_api({"VECQ_COALESCE": "1", f"VECQ_{setting.upper()}": str(value)})
+            self.watch = self.vecq.pids()
+            rows.append(self.tune_row(f"{self.vecq.url}/v1/collections/{name}/search", tmpl, {setting: value}))
+        return rows
+
     def tuning(self, name: str, spec: str) -> dict[str, Any]:
         """Coalescing on. Workers: OpenMP threads x the BLAS threshold; then, with the worker defaults, the API's
         batches in flight per lane (VECQ_COALESCE_MAX_INFLIGHT)."""
@@ -279,18 +288,8 @@ class Run:
                 rows.append(self.tune_row(url, tmpl, {"omp_threads": omp, "blas_min_queries": blas}))
         self.vecq.restart_workers({})
         self.vecq.warm(name, warm_body)
-        inflight_rows = []
-        for n in self.cfg.tune_inflight:
-            self.vecq.start_api({"VECQ_COALESCE": "1", "VECQ_COALESCE_MAX_INFLIGHT": str(n)})
-            url = f"{self.vecq.url}/v1/collections/{name}/search"
-            self.watch = self.vecq.pids()
-            inflight_rows.append(self.tune_row(url, tmpl, {"coalesce_max_inflight": n}))
-        delay_rows = []
-        for ms in self.cfg.tune_delay:
-            self.vecq.start_api({"VECQ_COALESCE": "1", "VECQ_COALESCE_MAX_DELAY_MS": str(ms)})
-            url = f"{self.vecq.url}/v1/collections/{name}/search"
-            self.watch = self.vecq.pids()
-            delay_rows.append(self.tune_row(url, tmpl, {"coalesce_max_delay_ms": ms}))
+        inflight_rows = self.api_rows(name, tmpl, "coalesce_max_inflight", self.cfg.tune_inflight)
+        delay_rows = self.api_rows(name, tmpl, "coalesce_max_delay_ms", self.cfg.tune_delay)
         self.vecq.start_api({"VECQ_COALESCE": "1"})
         top = str(max(self.cfg.tune_concurrency))
         best = max(rows, key=lambda r: r["levels"][top]["qps"])
