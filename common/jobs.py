@@ -242,10 +242,10 @@ for i = 1, (#KEYS - 1) / 2 do
   table.insert(outcomes, job_id .. ':field'); table.insert(outcomes, ARGV[a + 3])
   table.insert(outcomes, job_id .. ':value'); table.insert(outcomes, ARGV[a + 4])
 end
-if #outcomes > 0 then
-  redis.call('HSET', KEYS[1], unpack(outcomes))
-  redis.call('EXPIRE', KEYS[1], math.max(1, math.ceil(tonumber(ARGV[4]))))
+for first = 1, #outcomes, 600 do  -- in slices: Lua's unpack stops at a few thousand values
+  redis.call('HSET', KEYS[1], unpack(outcomes, first, math.min(first + 599, #outcomes)))
 end
+if #outcomes > 0 then redis.call('EXPIRE', KEYS[1], math.max(1, math.ceil(tonumber(ARGV[4])))) end
 local finished = 0
 for i = 1, (#KEYS - 1) / 2 do
   local record, watchers, a = KEYS[2 * i], KEYS[2 * i + 1], 4 + (i - 1) * 4
