@@ -124,9 +124,10 @@ class Lane:
             self.followers.popleft()
         return sum(f.missing for f in self.followers)
 
-    def share(self, slots: int, now: float) -> int:
-        """Requests per batch when the lane's requests are spread evenly over its slots."""
-        return max(1, math.ceil((len(self.pending) + self.members + self.expected(now)) / slots))
+    def share(self, slots: int, expected: int) -> int:
+        """Requests per batch when the lane's requests (and the `expected` followers) are spread evenly over its
+        slots."""
+        return max(1, math.ceil((len(self.pending) + self.members + expected) / slots))
 
 
 def lane_key(col: Collection, body: SearchRequest) -> Hashable:
@@ -186,8 +187,9 @@ class Searcher:
         """Send a batch now, or arm the timer for the latest moment the lane must send one."""
         now = time.monotonic()
         slots = self.settings.coalesce_inflight
+        expected = lane.expected(now)
         if not lane.pending:
-            if lane.batches == 0 and not lane.launching and not lane.expected(now):
+            if lane.batches == 0 and not lane.launching and not expected:
                 self._disarm(lane)
                 self.lanes.pop(key, None)
             return
@@ -196,7 +198,7 @@ class Searcher:
         # Waiting for followers starts when their batch comes back, even for requests that waited for the slot
         # before: those join the group instead of leaving as a small batch of their own, which would stay split.
         deadline = max(lane.pending[0].queued_at, lane.returned_at) + self.max_delay_s
-        if (lane.expected(now) and len(lane.pending) < lane.share(slots, now) and now < deadline
+        if (expected and len(lane.pending) < lane.share(slots, expected) and now < deadline
                 and lane.rows() < self.settings.coalesce_max_batch):
             self._arm(key, lane, deadline)
             return
@@ -220,7 +222,7 @@ class Searcher:
         lane.launching = False
         slots = self.settings.coalesce_inflight
         if lane.pending and lane.batches < slots:
-            batch = lane.take(self.settings.coalesce_max_batch, lane.share(slots, time.monotonic()))
+            batch = lane.take(self.settings.coalesce_max_batch, lane.share(slots, lane.expected(time.monotonic())))
             batch_id = new_job_id()
             for entry in batch:
                 entry.batch_id = batch_id

@@ -33,12 +33,14 @@ def _create(url: str, name: str, dim: int, index: str = "Flat") -> None:
     assert resp.status_code == 201, resp.text
 
 
-async def _burst(url: str, name: str, queries: np.ndarray, k: int) -> list[httpx.Response]:
-    limits = httpx.Limits(max_connections=len(queries), max_keepalive_connections=len(queries))
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        return await asyncio.gather(*[
-            client.post(f"/v1/collections/{name}/search", json={"vector": q.tolist(), "k": k}) for q in queries
-        ])
+def _searches(url: str, name: str, bodies: list[dict[str, object]]) -> list[httpx.Response]:
+    """Every body POSTed to the collection's search at once, one connection each: what coalescing batches."""
+    async def go() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=len(bodies), max_keepalive_connections=len(bodies))
+        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+            return await asyncio.gather(*[client.post(f"/v1/collections/{name}/search", json=b) for b in bodies])
+
+    return asyncio.run(go())
 
 
 def test_500_concurrent_sync_searches_coalescing_on_and_off(new_stack) -> None:  # type: ignore[no-untyped-def]
@@ -71,7 +73,7 @@ def test_500_concurrent_sync_searches_coalescing_on_and_off(new_stack) -> None: 
         sampler = threading.Thread(target=sample, args=(api_pid, stop, peak))
         sampler.start()
         try:
-            responses = asyncio.run(_burst(off_url or "", name, queries, 5))
+            responses = _searches(off_url or "", name, [{"vector": q.tolist(), "k": 5} for q in queries])
         finally:
             stop.set()
             sampler.join()
@@ -103,12 +105,7 @@ def test_two_api_processes_coalesce_on_their_own_and_bad_input_fails_alone(new_s
     for i, body in bad.items():
         bodies[i] = body
 
-    async def burst() -> list[httpx.Response]:
-        limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-            return await asyncio.gather(*[client.post("/v1/collections/multi/search", json=b) for b in bodies])
-
-    responses = asyncio.run(burst())
+    responses = _searches(url, "multi", bodies)
     for i, (resp, pick) in enumerate(zip(responses, picks, strict=True)):
         if i in bad:
             assert resp.status_code == 422 and resp.json()["error"]["field"], (i, resp.text)
@@ -223,11 +220,7 @@ def test_mixed_k_and_flags_in_one_burst(api: httpx.Client, make_collection, inde
                "include_vectors": i % 3 == 0} for i in range(60)]
     want = [search(api, name, [b["vector"]], k=b["k"])["results"][0] for b in bodies]
 
-    async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=str(api.base_url), timeout=60) as client:
-            return await asyncio.gather(*[client.post(f"/v1/collections/{name}/search", json=b) for b in bodies])
-
-    for b, resp, expected in zip(bodies, asyncio.run(burst()), want, strict=True):
+    for b, resp, expected in zip(bodies, _searches(str(api.base_url), name, bodies), want, strict=True):
         assert resp.status_code == 200
         row = resp.json()["results"][0]
         assert [h["id"] for h in row] == [h["id"] for h in expected] and len(row) == b["k"]
@@ -246,13 +239,8 @@ def test_a_search_answered_while_waiting_leaves_no_record(api: httpx.Client, r: 
     name = make_collection(dim=4)
     add(api, name, np.eye(4), ids=["a", "b", "c", "d"])
     before = _job_keys(r)
-
-    async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=str(api.base_url), timeout=60) as client:
-            return await asyncio.gather(*[client.post(f"/v1/collections/{name}/search",
-                                                      json={"vector": [1, 0, 0, 0], "k": 1}) for _ in range(40)])
-
-    assert {resp.status_code for resp in asyncio.run(burst())} == {200}
+    responses = _searches(str(api.base_url), name, [{"vector": [1, 0, 0, 0], "k": 1}] * 40)
+    assert {resp.status_code for resp in responses} == {200}
     assert _job_keys(r) == before
 
 
