@@ -90,11 +90,16 @@ class _Cluster:
         vectors = GaugeMetricFamily("vecq_collection_vectors", "Live vectors.", labels=["collection"])
         last = GaugeMetricFamily("vecq_collection_last_write_timestamp_seconds",
                                  "When the newest WAL entry was written (0: none yet).", labels=["collection"])
+        rows = GaugeMetricFamily("vecq_collection_rows", "Rows in sealed segments (dead ones included) and written "
+                                 "since the newest seal (growing).", labels=["collection", "part"])
+        segments = GaugeMetricFamily("vecq_collection_segments", "Sealed segments.", labels=["collection"])
         for name, state in sorted(snap.collections.items()):
             vectors.add_metric([name], state.count)
             last.add_metric([name], lsn_seconds(state.last_lsn))
-        yield vectors
-        yield last
+            rows.add_metric([name, "sealed"], state.sealed_rows)
+            rows.add_metric([name, "growing"], state.growing_rows)
+            segments.add_metric([name], state.segments)
+        yield from (vectors, last, rows, segments)
 
         uptime = GaugeMetricFamily("vecq_worker_uptime_seconds", "Seconds since the worker process started.",
                                    labels=["worker", "host"])
@@ -105,8 +110,14 @@ class _Cluster:
         applied = GaugeMetricFamily("vecq_worker_applied_lsn_timestamp_seconds",
                                     "When the newest WAL entry this copy applied was written.",
                                     labels=["worker", "collection"])
-        wbytes = GaugeMetricFamily("vecq_worker_index_bytes", "Estimated bytes of this copy's FAISS index.",
+        wbytes = GaugeMetricFamily("vecq_worker_index_bytes", "Bytes of this copy's index in the process's own "
+                                   "memory: its growing segment, and sealed ones FAISS could not map.",
                                    labels=["worker", "collection"])
+        mapped = GaugeMetricFamily("vecq_worker_mapped_bytes", "Bytes of this copy's sealed segments mapped from "
+                                   "the segment store (shared by the processes of a host).",
+                                   labels=["worker", "collection"])
+        memory = GaugeMetricFamily("vecq_worker_memory_bytes", "Resident memory of the worker process: anonymous "
+                                   "(its own) and file-backed (mapped segments, shared).", labels=["worker", "kind"])
         col_lag: dict[str, float] = {}
         col_bytes: dict[str, int] = {}
         for w in snap.workers:
@@ -114,14 +125,18 @@ class _Cluster:
             if w.get("started_at"):
                 uptime.add_metric([wid, str(w.get("host"))], max(0.0, snap.taken_at - float(w["started_at"])))
             done.add_metric([wid], int(w.get("jobs_done") or 0))
+            for kind, value in (w.get("memory") or {}).items():
+                memory.add_metric([wid, kind], value)
             for c in copies(snap, w):
                 lag.add_metric([wid, c["name"]], c["lag_s"])
                 applied.add_metric([wid, c["name"]], lsn_seconds(c["applied_lsn"]))
                 col_lag[c["name"]] = max(col_lag.get(c["name"], 0.0), c["lag_s"])
+                if c.get("mapped_bytes") is not None:
+                    mapped.add_metric([wid, c["name"]], c["mapped_bytes"])
                 if c.get("index_bytes") is not None:
                     wbytes.add_metric([wid, c["name"]], c["index_bytes"])
                     col_bytes[c["name"]] = max(col_bytes.get(c["name"], 0), int(c["index_bytes"]))
-        yield from (uptime, done, lag, applied, wbytes)
+        yield from (uptime, done, lag, applied, wbytes, mapped, memory)
 
         clag = GaugeMetricFamily("vecq_collection_lag_seconds",
                                  "Largest lag among the live workers' copies of the collection.",

@@ -19,7 +19,7 @@ from typing import Any
 import redis.asyncio as aredis
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
-from common import collections, heartbeat, stats, wal
+from common import collections, heartbeat, segments, stats, wal
 from common.codec import ZERO_LSN, Lsn, lsn_key
 from common.collections import Collection
 from common.settings import Settings
@@ -30,6 +30,9 @@ class CollectionState:
     col: Collection
     count: int
     last_lsn: Lsn
+    sealed_rows: int = 0
+    growing_rows: int = 0
+    segments: int = 0
 
 
 @dataclass
@@ -83,7 +86,8 @@ async def collection_states(r: aredis.Redis) -> dict[str, CollectionState]:
         except Exception:  # deleted between the listing and the read
             continue
         count, last = await wal.astats(r, col)
-        out[name] = CollectionState(col, count, last)
+        manifest, seal = await segments.aread(r, col), await segments.astate(r, col)
+        out[name] = CollectionState(col, count, last, manifest.rows, seal.growing_rows, len(manifest.segments))
     return out
 
 
@@ -107,7 +111,9 @@ def copies(snap: Snapshot, worker: dict[str, Any]) -> list[dict[str, Any]]:
         applied = info.get("applied_lsn") or ZERO_LSN
         out.append({"name": name, "count": info.get("count"), "applied_lsn": applied,
                     "lag_s": lag_seconds(applied, state), "caught_up": caught_up(applied, state),
-                    "index_bytes": info.get("index_bytes"), "load_s": info.get("load_s")})
+                    "index_bytes": info.get("index_bytes"), "mapped_bytes": info.get("mapped_bytes"),
+                    "sealed_rows": info.get("sealed_rows"), "growing_rows": info.get("growing_rows"),
+                    "segments": info.get("segments"), "load_s": info.get("load_s")})
     return out
 
 
@@ -125,6 +131,7 @@ def worker_views(snap: Snapshot, allows: Any = None) -> list[dict[str, Any]]:
             "worker": w.get("worker"), "host": w.get("host"), "pid": w.get("pid"),
             "started_at": started, "uptime_s": round(snap.taken_at - started, 3) if started else None,
             "beat_at": w.get("beat_at"), "jobs_done": w.get("jobs_done", 0), "last_job": last,
+            "memory": w.get("memory"),
             "collections": cols,
         })
     return views

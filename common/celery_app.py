@@ -15,7 +15,8 @@ DELETE = "vecq.delete"
 GET = "vecq.get"
 CREATE_COLLECTION = "vecq.create_collection"
 INGEST = "vecq.ingest"
-SNAPSHOT = "vecq.snapshot"
+SEAL = "vecq.seal"
+COMPACT = "vecq.compact"
 PURGE = "vecq.purge"
 POISON = "vecq.test.poison"
 
@@ -37,7 +38,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
     # Unacked messages come back after the visibility timeout: it must outlast the longest job.
     # A socket timeout bounds a publish to a Redis that vanished without closing the connection (kombu waits
     # forever otherwise); the API publishes on its event loop. Longer than kombu's 1 s BRPOP.
-    transport = {"visibility_timeout": settings.task_time_limit_s + 600, "socket_timeout": 5}
+    transport = {"visibility_timeout": settings.redelivery_window_s, "socket_timeout": 5}
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

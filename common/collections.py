@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import redis
 import redis.asyncio as aredis
+from redis.client import Pipeline
 
 from common import keys
 from common.errors import Conflict, InvalidInput, NotFound
@@ -83,6 +84,16 @@ def get(r: redis.Redis, name: str) -> Collection:
 def find(r: redis.Redis, name: str) -> Collection | None:
     raw = r.hgetall(keys.collection(name))
     return Collection.from_redis(raw) if raw else None
+
+
+def queue_uid(pipe: Pipeline, name: str) -> None:
+    """Queue the read of the collection's current uid (None once deleted): a worker's check, on its hot path,
+    that the copy it is about to search still is the live incarnation."""
+    pipe.hget(keys.collection(name), "uid")
+
+
+def parse_uid(raw: Any) -> str | None:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def names(r: redis.Redis) -> list[str]:

@@ -137,6 +137,14 @@ return 'run'
 """
 
 
+def finished(r: redis.Redis, job_ids: list[str]) -> list[bool]:
+    """Whether each job's record is terminal: such a job is never run again (claim skips it)."""
+    with r.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(keys.job(job_id), "status")
+        return [(s.decode() if isinstance(s, bytes) else s) in TERMINAL for s in pipe.execute()]
+
+
 def claim(r: redis.Redis, job_id: str, *, worker: str, max_attempts: int, ttl: int, job_type: str,
           collection: str | None) -> Claim:
     outcome = r.eval(_CLAIM, 1, keys.job(job_id), worker, _now(), max_attempts, ttl, job_id, job_type,

@@ -1,8 +1,8 @@
 """Redis key layout. Every key vecq writes is built here, from validated names only.
 
 Each family is written by one module: collections.py (`col`), wal.py (`wal`, `docs`, `dedup`, `trim`),
-jobs.py (`job`, `delivery`, `batch`), blobs.py (`blob`), heartbeat.py (`hb`), snapshots.py (`snap`, `snaplock`),
-stats.py (`stats`).
+jobs.py (`job`, `delivery`, `batch`), blobs.py (`blob`), heartbeat.py (`hb`), segments.py (`segments`, `seal`,
+`seallock`), stats.py (`stats`).
 """
 
 from __future__ import annotations
@@ -62,12 +62,16 @@ def trim(name: str, uid: str) -> str:
     return _data(name, uid, "trim")
 
 
-def snapshot_lock(name: str, uid: str) -> str:
-    return _data(name, uid, "snaplock")
+def segments(name: str, uid: str) -> str:
+    return _data(name, uid, "segments")
 
 
-def snapshot_state(name: str, uid: str) -> str:
-    return _data(name, uid, "snap")
+def seal_state(name: str, uid: str) -> str:
+    return _data(name, uid, "seal")
+
+
+def seal_lock(name: str, uid: str) -> str:
+    return _data(name, uid, "seallock")
 
 
 def job(job_id: str) -> str:

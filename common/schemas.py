@@ -36,6 +36,19 @@ class CollectionCreate(Body):
         return value
 
 
+class SegmentOut(BaseModel):
+    id: str
+    rows: int = Field(description="Rows written into the segment (some may be dead since: replaced or deleted).")
+    deleted: int = Field(description="Ids its range deleted, which bury rows of older segments.")
+    bytes: int = Field(description="Size of its files in the segment store.")
+    spec: str
+    first_lsn: str = Field(description="It covers the writes after this LSN ...")
+    lsn: str = Field(description="... up to and including this one.")
+    mapped: bool = Field(description="Opened with IO_FLAG_MMAP_IFC (shared page cache) rather than read in.")
+    built_at: float
+    build_s: float
+
+
 class CollectionOut(BaseModel):
     name: str
     dim: int
@@ -44,7 +57,11 @@ class CollectionOut(BaseModel):
     count: int
     lsn: str
     created_at: float
-    snapshot_lsn: str | None = None
+    sealed_lsn: str = Field("0-0", description="Every write up to here is in a sealed segment.")
+    sealed_rows: int = Field(0, description="Rows in sealed segments (dead ones included).")
+    growing_rows: int = Field(0, description="Rows written since the newest seal, held in each worker's growing "
+                              "segment until the next seal.")
+    segments: list[SegmentOut] = Field(default_factory=list)
 
 
 class CollectionList(BaseModel):

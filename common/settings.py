@@ -17,7 +17,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Broker, results, WAL. Unset: `vecq up` starts an embedded Redis in the data dir."
     )
-    data_dir: Path = Field(Path("data"), description="Snapshots and the embedded Redis's files.")
+    data_dir: Path = Field(Path("data"), description="Sealed segments and the embedded Redis's files.")
     workers: int = Field(
         os.cpu_count() or 1, ge=1, description="Worker processes `vecq up` starts (the API sizes coalescing by it)."
     )
@@ -61,11 +61,27 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(2 * 1024**3, ge=1024, description="Binary uploads (.npy, Parquet).")
     max_collections: int = Field(1000, ge=1, description="Most collections at once.")
 
-    # Write path
+    # Write path and segments
     wal_chunk_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Vector bytes per WAL entry.")
-    snapshot_every_entries: int = Field(256, ge=1, description="WAL entries since last snapshot that trigger one.")
-    snapshot_every_bytes: int = Field(
-        256 * 1024 * 1024, ge=1024, description="WAL bytes since last snapshot that trigger one."
+    seal_every_rows: int = Field(
+        100_000, ge=1, description="Rows written since the newest seal that trigger the next one (a trained index "
+        "waits until it has the rows to train on)."
+    )
+    seal_every_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Vector bytes written since the newest seal that trigger the next."
+    )
+    train_sample_rows: int = Field(
+        65_536, ge=1, description="Rows a trained index (IVF, PQ, SQ, OPQ, PCA, RaBitQ) is trained on, at least "
+        "39 per centroid; drawn from the collection with a fixed seed."
+    )
+    compact_max_segments: int = Field(
+        8, ge=1, description="More sealed segments than this trigger a compaction (all merged into one)."
+    )
+    compact_dead_fraction: float = Field(
+        0.2, gt=0, le=1, description="A larger share of dead (deleted or replaced) sealed rows triggers a compaction."
+    )
+    eventual_max_lag_s: float = Field(
+        1.0, ge=0, description="An `eventual` search catches up first if its copy's last catch-up is older."
     )
 
     # Coalescing of concurrent searches (per API process)
@@ -85,9 +101,9 @@ class Settings(BaseSettings):
         3600, ge=60, description="How long an upload (.npy, Parquet) waits in Redis for its ingest job to use it."
     )
 
-    snapshot_dir: Path | None = Field(
-        None, description="Where workers write and read index snapshots (default: data_dir/snapshots). "
-        "Workers on several hosts must all see the same directory (a shared volume)."
+    segment_dir: Path | None = Field(
+        None, description="The segment store, where seals write and every worker maps sealed segments (default: "
+        "data_dir/segments). Workers on several hosts must all see the same directory (a shared volume)."
     )
 
     # Logging / testing
@@ -95,12 +111,21 @@ class Settings(BaseSettings):
     enable_test_tasks: bool = Field(
         False, description="Registers test-only tasks (poison, sleep). Never in production."
     )
+    test_start_delay_s: float = Field(
+        0.0, ge=0, description="Test-only, with enable_test_tasks: a worker child sleeps this long before it loads "
+        "its collections (a slow start, now that loads are fast). Never in production."
+    )
 
     @property
     def coalesce_inflight(self) -> int:
         """One batch in flight per worker, shared out among the API processes: each worker can run a batch while
         an API process answers the clients of another."""
         return self.coalesce_max_inflight or max(1, self.workers // self.api_processes)
+
+    @property
+    def redelivery_window_s(self) -> float:
+        """How long after its first delivery a job can come back (Celery's visibility timeout, celery_app.py)."""
+        return self.task_time_limit_s + 600.0
 
     @property
     def effective_redis_url(self) -> str:

@@ -9,14 +9,17 @@ instead of appending twice. The stream entry id is the write's LSN.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 import redis.asyncio as aredis
+from redis.client import Pipeline
 
 from common import keys
-from common.codec import ZERO_LSN, Lsn, lsn_at_least
+from common.codec import ZERO_LSN, Lsn, lsn_at_least, lsn_key
 from common.collections import Collection
 from common.errors import NotFound
 
@@ -78,8 +81,8 @@ def data_keys(col: Collection) -> list[str]:
 def append_add(r: redis.Redis, col: Collection, write_id: str, ids: Sequence[str], vectors: bytes,
                metadata: Sequence[str | None]) -> Lsn:
     """Append one chunk of upserts. `write_id` (job:chunk) makes the append happen at most once."""
-    reply = r.eval(_APPEND_ADD, 4, *_keys(col), write_id, col.uid, json.dumps(list(ids)), vectors,
-                   *[m if m is not None else "" for m in metadata])
+    reply = r.register_script(_APPEND_ADD)(keys=_keys(col), args=[
+        write_id, col.uid, json.dumps(list(ids)), vectors, *[m if m is not None else "" for m in metadata]])
     if _s(reply[0]) == "gone":
         raise NotFound(f"collection {col.name!r} was deleted", "name")
     return _s(reply[1])
@@ -87,19 +90,20 @@ def append_add(r: redis.Redis, col: Collection, write_id: str, ids: Sequence[str
 
 def append_delete(r: redis.Redis, col: Collection, write_id: str, ids: Sequence[str]) -> tuple[Lsn, int]:
     """Tombstone ids. Returns the LSN and how many of them existed (a repeated job reports 0 found)."""
-    reply = r.eval(_APPEND_DELETE, 4, *_keys(col), write_id, col.uid, json.dumps(list(ids)))
+    reply = r.register_script(_APPEND_DELETE)(keys=_keys(col), args=[write_id, col.uid, json.dumps(list(ids))])
     if _s(reply[0]) == "gone":
         raise NotFound(f"collection {col.name!r} was deleted", "name")
     return _s(reply[1]), int(reply[2]) if len(reply) > 2 else 0
 
 
-def read_after(r: redis.Redis, col: Collection, after: Lsn, count: int = 64) -> tuple[Lsn, list[Entry]]:
-    """Entries after `after` and the trim mark, in one round trip. Callers reload if `after` < trim mark.
-    MULTI/EXEC: a trim landing between the two reads would show the old mark with entries already gone."""
-    with r.pipeline(transaction=True) as pipe:
-        pipe.get(keys.trim(col.name, col.uid))
-        pipe.xrange(keys.wal(col.name, col.uid), min=f"({after}" if after != ZERO_LSN else "-", count=count)
-        trimmed, raw = pipe.execute()
+def queue_tail(pipe: Pipeline, col: Collection, after: Lsn, count: int) -> None:
+    """Queue the reads of the trim mark and of up to `count` entries after `after`; parse with parse_tail. Run it
+    in MULTI/EXEC: a trim landing between the two reads would show the old mark with entries already gone."""
+    pipe.get(keys.trim(col.name, col.uid))
+    pipe.xrange(keys.wal(col.name, col.uid), min=f"({after}" if after != ZERO_LSN else "-", count=count)
+
+
+def parse_tail(trimmed: Any, raw: Any) -> tuple[Lsn, list[Entry]]:
     entries = [
         Entry(lsn=_s(lsn), op=_s(f[b"op"]), ids=json.loads(f[b"ids"]), vectors=f[b"vec"], job=_s(f[b"job"]))
         for lsn, f in raw
@@ -107,8 +111,16 @@ def read_after(r: redis.Redis, col: Collection, after: Lsn, count: int = 64) -> 
     return (_s(trimmed) if trimmed else ZERO_LSN), entries
 
 
+def read_after(r: redis.Redis, col: Collection, after: Lsn, count: int = 64) -> tuple[Lsn, list[Entry]]:
+    """Entries after `after` and the trim mark, in one round trip. Callers reload if `after` < trim mark."""
+    with r.pipeline(transaction=True) as pipe:
+        queue_tail(pipe, col, after, count)
+        trimmed, raw = pipe.execute()
+    return parse_tail(trimmed, raw)
+
+
 def needs_reload(applied: Lsn, trimmed_to: Lsn) -> bool:
-    """Entries before the trim mark are gone: a copy that applied less than it must start from a snapshot."""
+    """Entries before the trim mark are gone: a copy that applied less than it must start from the segments."""
     return trimmed_to != ZERO_LSN and not lsn_at_least(applied, trimmed_to)
 
 
@@ -132,8 +144,8 @@ def metadata(r: redis.Redis, col: Collection, ids: Sequence[str]) -> list[dict |
 
 
 def trim(r: redis.Redis, col: Collection, upto: Lsn) -> None:
-    """Forget entries before `upto`, which a snapshot covers. The mark is set first, so a reader never
-    misses a gap: it either sees entries still there or the mark that sends it to the snapshot."""
+    """Forget entries up to `upto`, which sealed segments cover. The mark is set first, so a reader never
+    misses a gap: it either sees entries still there or the mark that sends it to the segments."""
     with r.pipeline(transaction=True) as pipe:
         pipe.set(keys.trim(col.name, col.uid), upto)
         pipe.xtrim(keys.wal(col.name, col.uid), minid=upto, approximate=False)
@@ -141,8 +153,33 @@ def trim(r: redis.Redis, col: Collection, upto: Lsn) -> None:
 
 
 def length(r: redis.Redis, col: Collection) -> int:
-    """Entries still in the stream, i.e. written since the last trim: what a new snapshot would cover."""
+    """Entries still in the stream, i.e. written since the newest seal."""
     return int(r.xlen(keys.wal(col.name, col.uid)))
+
+
+def prune_dedup(r: redis.Redis, col: Collection, upto: Lsn, keep_s: float,
+                finished: Callable[[list[str]], list[bool]]) -> int:
+    """Forget the dedup records that no redelivery can need: of sealed writes (at or before `upto`) whose job has
+    finished (a finished job's redelivery is skipped before it appends: common/jobs.py claim) or is older than
+    `keep_s`, the longest a job can still be redelivered. So the hash holds only the writes still in flight."""
+    sealed, cutoff = lsn_key(upto), (int((time.time() - keep_s) * 1000), 0)
+    key, removed = keys.dedup(col.name, col.uid), 0
+    batch: list[tuple[bytes, str]] = []
+
+    def flush() -> int:
+        done = finished([_s(f).split(":", 1)[0] for f, _ in batch])
+        stale = [f for (f, lsn), fin in zip(batch, done, strict=True) if fin or lsn_key(lsn) <= cutoff]
+        batch.clear()
+        return int(r.hdel(key, *stale)) if stale else 0
+
+    for field_name, lsn in r.hscan_iter(key, count=1000):
+        if lsn_key(_s(lsn)) <= sealed:
+            batch.append((field_name, _s(lsn)))
+        if len(batch) >= 1000:
+            removed += flush()
+    if batch:
+        removed += flush()
+    return removed
 
 
 async def astats(r: aredis.Redis, col: Collection) -> tuple[int, Lsn]:

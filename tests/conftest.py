@@ -21,7 +21,9 @@ TEST_ENV = {
     "VECQ_HEARTBEAT_TTL_S": "3",
     "VECQ_ENABLE_TEST_TASKS": "1",
     "VECQ_MAX_ATTEMPTS": "3",
-    "VECQ_SNAPSHOT_EVERY_ENTRIES": "100000",
+    "VECQ_SEAL_EVERY_ROWS": "10000000",  # tests that want seals or compactions on their own set these lower
+    "VECQ_COMPACT_MAX_SEGMENTS": "1000",
+    "VECQ_COMPACT_DEAD_FRACTION": "1",
     "VECQ_LOG_JSON": "0",
 }
 WORKERS = 3

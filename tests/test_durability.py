@@ -58,8 +58,8 @@ def delete(api: httpx.Client, name: str, ids: list[str]) -> dict[str, Any]:
     return resp.json()
 
 
-def snapshot(api: httpx.Client, name: str) -> dict[str, Any]:
-    resp = api.post(f"/v1/collections/{name}/snapshot", params={"wait": 120})
+def seal(api: httpx.Client, name: str) -> dict[str, Any]:
+    resp = api.post(f"/v1/collections/{name}/seal", params={"wait": 120})
     assert resp.status_code == 200, resp.text
     return resp.json()
 
@@ -259,7 +259,7 @@ def test_restart_all_workers_same_ids_and_scores(new_stack) -> None:  # type: ig
     queries = rng.standard_normal((50, dim))
     with client(s) as api:
         before: dict[str, list[list[tuple[str, float]]]] = {}
-        snapshots: dict[str, dict[str, Any]] = {}
+        seals: dict[str, dict[str, Any]] = {}
         for index in ("Flat", "HNSW32"):
             name = f"rs-{index.lower()}-{uuid.uuid4().hex[:6]}"
             create(api, name, dim, index=index)
@@ -267,8 +267,8 @@ def test_restart_all_workers_same_ids_and_scores(new_stack) -> None:  # type: ig
             add(api, name, data[:2000], [f"a{i}" for i in range(2000)])
             delete(api, name, [f"a{i}" for i in range(0, 2000, 7)])
             add(api, name, data[:100] + 0.01, [f"a{i}" for i in range(100)])  # upserts: tombstones
-            snap = snapshots[name] = snapshot(api, name)  # restart = newest snapshot + WAL tail
-            assert snap["dropped"] > 0
+            sealed = seals[name] = seal(api, name)  # restart = sealed segments + the log tail
+            assert sealed["sealed"] and sealed["rows"] == 2000 - 286 + 15
             add(api, name, data[2000:], [f"b{i}" for i in range(1000)])
             delete(api, name, [f"b{i}" for i in range(0, 1000, 5)])
             before[name] = same_everywhere(results_by_worker(api, name, queries, workers=2))
@@ -283,18 +283,19 @@ def test_restart_all_workers_same_ids_and_scores(new_stack) -> None:  # type: ig
             for name in before:
                 assert beat["collections"][name]["load_s"] >= 0
         logs = log_of(s, "worker1") + log_of(s, "worker2")
-        for name, snap in snapshots.items():
-            # The copy that did not take the snapshot job loaded from it lazily; both restarted ones at start.
-            assert len(re.findall(rf"loaded collection={name} vectors=\d+ snapshot_lsn={snap['lsn']} "
-                                  r"applied=\S+ seconds=[\d.]+", logs)) == 3
+        for name, sealed in seals.items():
+            # The copy that did not run the seal job reopened its segments; both restarted ones loaded them.
+            assert len(re.findall(rf"loaded collection={name} vectors=\d+ segments=1 sealed_lsn={sealed['lsn']} "
+                                  r"applied=\S+ seconds=[\d.]+", logs)) >= 2
+            assert f"collection={name}: segments changed" in logs
     r.close()
 
 
 def test_redis_and_worker_restart_lose_no_acknowledged_write(new_stack) -> None:  # type: ignore[no-untyped-def]
     dim = 8
-    # A small size threshold (the count one is out of reach): snapshots and trims happen on their own while
-    # writes go on, and the restarted workers start from one.
-    s = new_stack(workers=2, env={"VECQ_SNAPSHOT_EVERY_BYTES": "16384"})
+    # A small size threshold (the count one is out of reach): seals and trims happen on their own while writes
+    # go on, and the restarted workers start from the segments.
+    s = new_stack(workers=2, env={"VECQ_SEAL_EVERY_BYTES": "16384"})
     r = redis.Redis.from_url(s.redis_url or "")
     name = f"aof-{uuid.uuid4().hex[:8]}"
     acked: dict[str, list[float]] = {}
@@ -329,20 +330,20 @@ def test_redis_and_worker_restart_lose_no_acknowledged_write(new_stack) -> None:
             w.stop(timeout=30)
         s.workers.clear()
     r.close()
-    assert list((s.data_dir / "snapshots").glob(f"{name}/*/CURRENT")), "no automatic snapshot was written"
-    # One snapshot request at a time: not a snapshot job for every write past the threshold.
+    assert list((s.data_dir / "segments").glob(f"{name}/*/*/segment.json")), "no automatic seal was written"
+    # One seal request at a time: not a seal job for every write past the threshold.
     logs = log_of(s, "worker1") + log_of(s, "worker2")
-    snapshot_jobs, adds = logs.count("type=snapshot "), logs.count("type=add ")
-    assert 1 <= snapshot_jobs <= adds // 4, (snapshot_jobs, adds)
+    seal_jobs, adds = logs.count("type=seal "), logs.count("type=add ")
+    assert 1 <= seal_jobs <= adds // 4, (seal_jobs, adds)
 
     # `vecq up` on the same data dir, as a user would run it again: its embedded Redis (on a port of its own
-    # this time) replays the AOF, its workers start from the newest snapshot and the WAL tail.
+    # this time) replays the AOF, its workers start from the sealed segments and the log tail.
     restarted_at = time.time()
     with vecq_up(s.data_dir, s.env, workers=2) as (api_url, redis_url):
         r = redis.Redis.from_url(redis_url)
         with httpx.Client(base_url=api_url, timeout=60) as api:
             info = api.get(f"/v1/collections/{name}").json()
-            assert info["snapshot_lsn"] is not None, "no automatic snapshot was taken"
+            assert info["sealed_lsn"] != "0-0" and info["segments"], "no automatic seal was taken"
             assert info["count"] >= len(acked)
             ids = sorted(acked)
             vectors = np.array([acked[i] for i in ids])
@@ -352,48 +353,47 @@ def test_redis_and_worker_restart_lose_no_acknowledged_write(new_stack) -> None:
                     assert [row[0][0] for row in rows] == ids[chunk]
             beats = [b for b in heartbeats(r).values() if b["started_at"] > restarted_at]
             assert len(beats) == 2
-            for beat in beats:  # loaded from the snapshot, then the tail
+            for beat in beats:  # loaded from the segments, then the tail
                 assert beat["collections"][name]["load_s"] is not None
         r.close()
     assert f"loaded collection={name} vectors=" in (s.data_dir / "vecq-up.log").read_text()
 
 
-def test_new_worker_after_snapshot_and_trim_serves_identical_results(new_stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_new_worker_after_seal_and_trim_serves_identical_results(new_stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     dim = 16
-    shared = tmp_path / "shared-snapshots"  # VECQ_SNAPSHOT_DIR: what workers on several hosts would mount
-    s = new_stack(workers=2, env={"VECQ_SNAPSHOT_DIR": str(shared)})
+    shared = tmp_path / "shared-segments"  # VECQ_SEGMENT_DIR: what workers on several hosts would mount
+    s = new_stack(workers=2, env={"VECQ_SEGMENT_DIR": str(shared)})
     r = redis.Redis.from_url(s.redis_url or "")
     rng = np.random.default_rng(9)
     queries = rng.standard_normal((50, dim))
     with client(s) as api:
         expected = {}
-        snapshots: dict[str, dict[str, Any]] = {}
+        seals: dict[str, dict[str, Any]] = {}
         for index in ("Flat", "HNSW32"):
-            name = f"snap-{index.lower()}-{uuid.uuid4().hex[:6]}"
+            name = f"seal-{index.lower()}-{uuid.uuid4().hex[:6]}"
             create(api, name, dim, index=index)
             uid = uid_of(r, name)
             data = rng.standard_normal((2100, dim))
             add(api, name, data[:1500], [f"a{i}" for i in range(1500)])
-            # Both workers hold copies with tombstones before the snapshot compacts them away.
+            # Both workers hold copies with dead rows before the seal leaves them out.
             delete(api, name, [f"a{i}" for i in range(0, 1500, 3)])
             add(api, name, data[:50] * 1.01, [f"a{i}" for i in range(50)])
             same_everywhere(results_by_worker(api, name, queries, workers=2))
-            # Written but applied by neither copy: the snapshot covers it, so the copy that does not take the
-            # snapshot job finds the entries it still needs trimmed away, and must reload.
+            # Written but applied by neither copy: the seal covers it, so the copy that does not run the seal
+            # job finds the entries it still needs trimmed away, and must open the segment.
             add(api, name, data[2000:], [f"c{i}" for i in range(100)])
-            snap = snapshots[name] = snapshot(api, name)
-            assert snap["dropped"] == 500 + 50 - 17 and snap["count"] == 1000 + 17 + 100
-            # Trimmed up to the LSN the snapshot covers, never further.
+            sealed = seals[name] = seal(api, name)
+            assert sealed["rows"] == 1000 + 17 + 100
+            # Trimmed up to the LSN the seal covers, never further.
             entries = wal_entries(r, name, uid)
-            assert [lsn for lsn, _ in entries] == [snap["lsn"]]
-            assert r.get(keys.trim(name, uid)).decode() == snap["lsn"]
-            assert Path(snap["path"]).parent.parent.parent == shared and (Path(snap["path"]) / "manifest.json").exists()
-            assert not (s.data_dir / "snapshots").exists()
-            add(api, name, data[1500:2000], [f"b{i}" for i in range(500)])  # the tail after the snapshot
-            # Every copy converges on the compacted index: same ids, same scores, on every worker.
+            assert [lsn for lsn, _ in entries] == [sealed["lsn"]]
+            assert r.get(keys.trim(name, uid)).decode() == sealed["lsn"]
+            assert (shared / name / uid / sealed["segment"] / "segment.json").exists()
+            assert not (s.data_dir / "segments").exists()
+            add(api, name, data[1500:2000], [f"b{i}" for i in range(500)])  # the tail after the seal
+            # Every copy converges on the segment plus the same tail: same ids, same scores, on every worker.
             expected[name] = same_everywhere(results_by_worker(api, name, queries, workers=2))
-            assert f"reloading collection={name} from snapshot_lsn={snap['lsn']}" in (
-                log_of(s, "worker1") + log_of(s, "worker2"))
+            assert f"collection={name}: segments changed" in log_of(s, "worker1") + log_of(s, "worker2")
         fresh = s.start_worker(3)
         wait_for("the new worker", lambda: len(heartbeats(r)) == 3, 60)
         for w in s.workers[:2]:
@@ -401,8 +401,8 @@ def test_new_worker_after_snapshot_and_trim_serves_identical_results(new_stack, 
         for name, rows in expected.items():
             assert same_everywhere(results_by_worker(api, name, queries, workers=1)) == rows
         logs = log_of(s, "worker3")
-        for name, snap in snapshots.items():
-            assert f"loaded collection={name} vectors=1617 snapshot_lsn={snap['lsn']}" in logs
+        for name, sealed in seals.items():
+            assert f"loaded collection={name} vectors=1617 segments=1 sealed_lsn={sealed['lsn']}" in logs
         assert fresh.alive()
     r.close()
 
@@ -442,97 +442,76 @@ def test_poison_job_fails_after_bounded_retries(new_stack) -> None:  # type: ign
     r.close()
 
 
-def test_slow_index_load_does_not_get_a_replacement_child_killed(new_stack) -> None:  # type: ignore[no-untyped-def]
+def test_slow_start_does_not_get_a_replacement_child_killed(new_stack) -> None:  # type: ignore[no-untyped-def]
     """Celery SIGKILLs a replacement pool child that has not started within worker_proc_alive_timeout (4 s by
-    default; the first child is spared). A child loads every index before it starts, so vecq sets that
-    timeout from worker_init_timeout_s: a load longer than 4 s must go through."""
-    dim, desc, step = 64, "HNSW32", 60_000  # HNSW replays at ~8-12k vectors/s here: ~6 s
-    s = new_stack(workers=1)
+    default; the first child is spared). A child loads every collection before it starts, so vecq sets that
+    timeout from worker_init_timeout_s: a start longer than 4 s must go through. Loads are fast since segments
+    are mapped, so the test-only start delay stands in for a slow one (a shared volume, a long log tail)."""
+    s = new_stack(workers=1, env={"VECQ_TEST_START_DELAY_S": "5"})
     r = redis.Redis.from_url(s.redis_url or "")
-    producer = make_celery(Settings(redis_url=s.redis_url, queue="vecq"))
     worker = s.workers[0]
-    rng = np.random.default_rng(12)
     with client(s) as api:
         name = f"slow-{uuid.uuid4().hex[:6]}"
-        create(api, name, dim, index=desc)
-        n, load_s, first_rows = 0, 0.0, None
-        for round_ in range(3):  # grow the collection until its load takes over 4 s, whatever the machine
-            data = rng.standard_normal((step, dim)).astype(np.float32)
-            first_rows = data[:5] if first_rows is None else first_rows
-            job_id = uuid.uuid4().hex
-            jobs.create(r, job_id, "add", name, ttl=600, total=step)
-            producer.send_task(ADD, kwargs={"collection": name, "vectors_b64": encode_vectors(data),
-                                            "id_prefix": f"s{round_}-"}, task_id=job_id, queue="vecq")
-            assert wait_for("the add", lambda j=job_id: (x := job(r, j))["status"] in jobs.TERMINAL and x, 60,
-                            every=0.1)["status"] == "succeeded"
-            n += step
-            first = pool_child(worker)
-            os.kill(first, signal.SIGKILL)  # its replacement loads the collection (WAL replay) before it starts
+        create(api, name, 8)
+        add(api, name, np.eye(5, 8), [f"s{i}" for i in range(5)])
+        first = pool_child(worker)
+        killed_at = time.monotonic()
+        os.kill(first, signal.SIGKILL)  # its replacement sleeps, then loads the collection, before it starts
 
-            def loaded(first: int = first) -> dict[str, Any] | None:
-                for pid, beat in heartbeats(r).items():
-                    if pid != first and beat["collections"].get(name, {}).get("load_s") is not None:
-                        return {"pid": pid, **beat["collections"][name]}
-                return None
+        def loaded() -> dict[str, Any] | None:
+            for pid, beat in heartbeats(r).items():
+                if pid != first and beat["collections"].get(name, {}).get("load_s") is not None:
+                    return {"pid": pid, **beat["collections"][name]}
+            return None
 
-            beat = wait_for("the replacement's load", loaded, 120, every=0.2)
-            load_s = beat["load_s"]
-            if load_s > 4.2:
-                break
-            step = int(n * (6.0 / max(load_s, 0.5) - 1)) + 1000  # what should take it to ~6 s
-        assert load_s > 4.2, f"load took {load_s}s for {n} vectors: not slow enough to prove anything"
+        beat = wait_for("the replacement's load", loaded, 60, every=0.2)
+        took = time.monotonic() - killed_at
+        assert took > 4.5, f"the replacement started in {took:.1f}s: not slow enough to prove anything"
         # With Celery's default the child would have been killed 4 s after its fork, before it could report.
+        time.sleep(1)
         assert pool_children(worker.pid) == [beat["pid"]] and worker.alive()
         assert "Timed out waiting for UP message" not in log_of(s, "worker1")
-        res = api.post(f"/v1/collections/{name}/search", json={"vectors": first_rows.tolist(), "k": 1,
-                                                                  "params": {"efSearch": 256}}).json()
-        assert [row[0]["id"] for row in res["results"]] == [f"s0-{i}" for i in range(5)]
-        print(f"replacement child loaded {n} HNSW vectors in {load_s:.1f}s and lived")
+        res = api.post(f"/v1/collections/{name}/search", json={"vectors": np.eye(5, 8).tolist(), "k": 1}).json()
+        assert [row[0]["id"] for row in res["results"]] == [f"s{i}" for i in range(5)]
     r.close()
 
 
-def test_snapshot_files_survive_a_writer_killed_half_way(tmp_path: Path) -> None:
-    """Unit: the on-disk format alone. A writer that dies before its rename leaves only a temp dir, which
-    readers never see and the next writer sweeps; tombstones survive a round trip."""
+def test_segment_files_survive_a_writer_killed_half_way(tmp_path: Path) -> None:
+    """Unit: the on-disk format alone. A writer that dies before its rename leaves a temp dir, and one that dies
+    before the manifest commit an unlisted dir: readers never open either, and the next seal sweeps both once
+    they are older than the grace time; what the manifest lists stays."""
     from common.collections import new_collection
-    from common.wal import Entry
-    from worker import snapshot_files
-    from worker.index import CollectionIndex
+    from worker import segment_files
+    from worker.index import build, factory
+    from worker.segment_files import SegmentRows
 
     col = new_collection("unit", 4, "l2", "Flat")
-    copy = CollectionIndex(col)
-    copy.apply(Entry(lsn="5-0", op="add", ids=["a", "b", "c"], vectors=np.eye(3, 4, dtype="<f4").tobytes(), job="j"))
-    first = snapshot_files.write(tmp_path, copy)
-    copy.apply(Entry(lsn="6-0", op="del", ids=["b"], vectors=b"", job="k"))
-    base = snapshot_files.collection_dir(tmp_path, col)
+    rows = SegmentRows(["a", "b", "c"], np.eye(3, 4, dtype=np.float32), ["gone"])
+    listed, size = segment_files.write(tmp_path, col, "0001-listed", build(factory(4, "l2", "Flat"), rows.vectors),
+                                       rows)
+    assert size > 0 and (listed / "segment.json").exists()
+    base = segment_files.collection_dir(tmp_path, col)
     (base / ".tmp-dead-writer").mkdir()  # a writer SIGKILLed half-way
     (base / ".tmp-dead-writer" / "index.faiss").write_bytes(b"partial")
-    loaded = snapshot_files.load(tmp_path, col)
-    assert loaded is not None and loaded.applied == "5-0" and loaded.ids == ["a", "b", "c"]
-    second = snapshot_files.write(tmp_path, copy)  # not compacted: the tombstone is kept as a null id
-    assert not (base / ".tmp-dead-writer").exists() and first.exists()  # the previous one stays for readers
-    loaded = snapshot_files.load(tmp_path, col)
-    assert loaded is not None and loaded.applied == "6-0" and loaded.dead == {1} and loaded.count == 2
-    assert [[h[0] for h in row] for row in loaded.search(np.eye(3, 4, dtype="f4"), 3, {})] == [
-        ["a", "c"], ["a", "c"], ["c", "a"]]
-    snapshot_files.write(tmp_path, loaded.compacted())
-    assert not first.exists() and second.exists()  # two kept, older ones removed
-    assert snapshot_files.current_lsn(tmp_path, col) == "6-0"
+    unlisted, _ = segment_files.write(tmp_path, col, "0002-unlisted", build(factory(4, "l2", "Flat"), rows.vectors),
+                                      rows)
+    assert segment_files.sweep(tmp_path, col, keep={"0001-listed"}) == 0  # young: maybe a seal about to commit
+    assert segment_files.sweep(tmp_path, col, keep={"0001-listed"}, grace_s=0) == 2
+    assert listed.exists() and not unlisted.exists() and not (base / ".tmp-dead-writer").exists()
 
 
-def test_snapshot_lock_one_at_a_time_but_a_redelivery_takes_its_own_back(new_stack) -> None:  # type: ignore[no-untyped-def]
-    from common import snapshots
+def test_seal_lock_one_at_a_time_but_a_redelivery_takes_its_own_back(new_stack) -> None:  # type: ignore[no-untyped-def]
+    from common import segments
     from common.collections import new_collection
 
     s = new_stack(workers=0, api=False)  # a Redis only
     r = redis.Redis.from_url(s.redis_url or "")
     col = new_collection("locked", 4, "l2", "Flat")
-    assert snapshots.lock(r, col, 60, owner="job-a") == "job-a"
-    assert snapshots.lock(r, col, 60, owner="job-b") is None  # one snapshot per collection at a time
-    assert snapshots.lock(r, col, 60) is None
-    assert snapshots.lock(r, col, 60, owner="job-a") == "job-a"  # job-a redelivered after its worker died
-    snapshots.unlock(r, col, "job-b")  # not the holder: no effect
-    assert snapshots.lock(r, col, 60, owner="job-b") is None
-    snapshots.unlock(r, col, "job-a")
-    assert snapshots.lock(r, col, 60, owner="job-b") == "job-b"
+    assert segments.lock(r, col, 60, owner="job-a")
+    assert not segments.lock(r, col, 60, owner="job-b")  # one seal per collection at a time
+    assert segments.lock(r, col, 60, owner="job-a")  # job-a redelivered after its worker died
+    segments.unlock(r, col, "job-b")  # not the holder: no effect
+    assert not segments.lock(r, col, 60, owner="job-b")
+    segments.unlock(r, col, "job-a")
+    assert segments.lock(r, col, 60, owner="job-b")
     r.close()

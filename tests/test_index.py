@@ -1,6 +1,9 @@
-"""Unit tests of one index copy (worker/index.py): FAISS in this process, no Redis, no Celery."""
+"""Unit tests of one collection copy (worker/collection_copy.py, worker/segment.py, worker/sealing.py's builders):
+FAISS and segment files in this process, no Redis, no Celery."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,16 +11,44 @@ import pytest
 from common.codec import normalized
 from common.collections import Collection
 from common.errors import InvalidInput
+from common.segments import Manifest
 from common.wal import Entry
-from worker.index import CollectionIndex, build_index, use_blas_from
+from worker import sealing
+from worker.collection_copy import CollectionCopy
+from worker.index import probe, spec_kind, use_blas_from
+from worker.segment_files import SegmentRows
 
 
-def _copy(metric: str, index: str = "Flat", dim: int = 64) -> CollectionIndex:
-    return CollectionIndex(Collection("t", "u" * 32, dim, metric, index, 0.0))
+def _col(metric: str = "l2", index: str = "Flat", dim: int = 64) -> Collection:
+    return Collection("t", "u" * 32, dim, metric, index, 0.0)
 
 
-def _add(copy: CollectionIndex, lsn: str, ids: list[str], vectors: np.ndarray) -> None:
-    copy.apply(Entry(lsn, "add", ids, np.ascontiguousarray(vectors, dtype="<f4").tobytes(), "job"))
+def _add(lsn: str, ids: list[str], vectors: np.ndarray) -> Entry:
+    return Entry(lsn, "add", ids, np.ascontiguousarray(vectors, dtype="<f4").tobytes(), "job")
+
+
+def _seal(store: Path, copy: CollectionCopy, log: list[Entry]) -> CollectionCopy:
+    """What the seal job does, without Redis: the growing part becomes a segment; the copy reopens and replays
+    the log after it."""
+    col, manifest = copy.col, copy.manifest
+    ids, vectors = copy.growing.live_rows()
+    tmpl = sealing.template(store, col, copy, manifest, vectors, 1000)
+    assert tmpl is not None
+    info = sealing.write_segment(store, col, tmpl, SegmentRows(ids, vectors, sorted(copy.growing.deleted)),
+                                 manifest.sealed_lsn, copy.applied)
+    new = Manifest(gen=manifest.gen + 1, sealed_lsn=copy.applied, segments=(*manifest.segments, info),
+                   trained=tmpl.name, trained_rows=tmpl.rows)
+    fresh = CollectionCopy.open(store, col, new, {s.info.id: s for s in copy.sealed})
+    for entry in log:
+        fresh.apply(entry)
+    return fresh
+
+
+def _replay(col: Collection, log: list[Entry]) -> CollectionCopy:
+    copy = CollectionCopy(col, Manifest(), [])
+    for entry in log:
+        copy.apply(entry)
+    return copy
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
@@ -26,10 +57,10 @@ def test_batched_and_lone_flat_searches_agree_exactly(metric: str) -> None:
     not depend on that."""
     use_blas_from(4)
     rng = np.random.default_rng(0)
-    copy = _copy(metric)
     data = rng.standard_normal((20_000, 64)).astype(np.float32)
     data[5] = data[4]  # an exact tie
-    _add(copy, "1-0", [str(i) for i in range(len(data))], normalized(data) if metric == "cosine" else data)
+    copy = _replay(_col(metric), [_add("1-0", [str(i) for i in range(len(data))],
+                                       normalized(data) if metric == "cosine" else data)])
     queries = rng.standard_normal((100, 64)).astype(np.float32)
     queries[0] = data[4]
     batch = copy.search(queries, 10, {})
@@ -37,44 +68,114 @@ def test_batched_and_lone_flat_searches_agree_exactly(metric: str) -> None:
     assert [h[0] for h in batch[0][:2]] == ["4", "5"]
 
 
-@pytest.mark.parametrize("index", ["Flat", "HNSW16"])
-def test_upsert_and_delete_leave_tombstones_that_search_skips(index: str) -> None:
-    rng = np.random.default_rng(1)
-    copy = _copy("l2", index, dim=8)
-    data = rng.standard_normal((50, 8)).astype(np.float32)
-    _add(copy, "1-0", [f"v{i}" for i in range(50)], data)
-    _add(copy, "2-0", ["v0"], data[:1] + 100)
-    copy.apply(Entry("3-0", "del", ["v1"], b"", "job"))
-    assert copy.count == 49 and copy.dead == {0, 1} and copy.applied == "3-0"
-    hits = copy.search(data[:2], 5, {})
-    assert all(h[0] not in ("v1",) for row in hits for h in row)
-    assert hits[0][0][0] != "v0"
-    assert copy.search(data[:1] + 100, 1, {})[0][0][0] == "v0"
-    compact = copy.compacted()
-    assert not compact.dead and compact.count == 49 and compact.index.ntotal == 49
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_flat_results_identical_across_three_seals_with_upserts_and_deletes(tmp_path: Path, metric: str) -> None:
+    """Three sealed segments plus a growing one, with upserts and deletes that touch every segment, answer with
+    exactly the ids and scores of one index that applied the whole log (what vecq gave before segments)."""
+    rng = np.random.default_rng(7)
+    col = _col(metric, dim=16)
+    log: list[Entry] = []
+    copy = CollectionCopy(col, Manifest(), [])
+    seq = 0
+
+    def write(entry: Entry) -> None:
+        log.append(entry)
+        copy.apply(entry)
+
+    for phase in range(4):
+        for _ in range(5):
+            seq += 1
+            ids = [f"v{int(i)}" for i in rng.choice(3000, size=200, replace=False)]  # upserts across segments
+            write(_add(f"{seq}-0", ids, rng.standard_normal((200, 16)).astype(np.float32)))
+            seq += 1
+            write(Entry(f"{seq}-0", "del", [f"v{int(i)}" for i in rng.choice(3000, size=30)], b"", "job"))
+        if phase < 3:
+            tail: list[Entry] = []
+            copy = _seal(tmp_path, copy, tail)
+    assert len(copy.sealed) == 3 and copy.growing.rows > 0
+    assert all(s.dead_count > 0 for s in copy.sealed[:2])
+    reference = _replay(col, log)
+    assert copy.count == reference.count
+    queries = rng.standard_normal((50, 16)).astype(np.float32)
+    got = [[(vid, score) for vid, score, _ in row] for row in copy.search(queries, 10, {})]
+    want = [[(vid, score) for vid, score, _ in row] for row in reference.search(queries, 10, {})]
+    assert got == want
+    for vid in ("v1", "v2", "v3", "v2999"):
+        loc, ref = copy.locate(vid), reference.locate(vid)
+        assert (loc is None) == (ref is None)
+        if loc is not None and ref is not None:
+            assert copy.vector(loc) == reference.vector(ref)
+
+
+def test_compaction_keeps_every_live_row_and_drops_the_dead(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    col = _col("l2", dim=8)
+    copy = CollectionCopy(col, Manifest(), [])
+    copy.apply(_add("1-0", [f"a{i}" for i in range(100)], rng.standard_normal((100, 8))))
+    copy = _seal(tmp_path, copy, [])
+    copy.apply(_add("2-0", [f"a{i}" for i in range(50)], rng.standard_normal((50, 8))))
+    copy.apply(Entry("3-0", "del", ["a99"], b"", "job"))
+    copy = _seal(tmp_path, copy, [])
+    assert copy.sealed[0].dead_count == 51 and sealing.compaction_due(copy, 8, 0.2)
+    ids: list[str] = []
+    parts = []
+    for segment in copy.sealed:
+        live = np.flatnonzero(~segment.dead)
+        ids += [segment.ids()[i] for i in live.tolist()]
+        parts.append(segment.vectors(live))
+    tmpl = sealing.template(tmp_path, col, copy, copy.manifest, np.concatenate(parts), 1000)
+    assert tmpl is not None
+    info = sealing.write_segment(tmp_path, col, tmpl, SegmentRows(ids, np.concatenate(parts), []), "0-0", "3-0")
+    merged = CollectionCopy.open(tmp_path, col, Manifest(gen=9, sealed_lsn="3-0", segments=(info,)))
+    assert merged.count == copy.count == 99 and merged.sealed[0].dead_count == 0
+    queries = rng.standard_normal((5, 8)).astype(np.float32)
+    assert [[h[:2] for h in row] for row in merged.search(queries, 20, {})] == \
+        [[h[:2] for h in row] for row in copy.search(queries, 20, {})]
+
+
+@pytest.mark.parametrize("spec", ["IVF16,Flat", "IVF8,PQ4", "OPQ4,IVF8,PQ4", "IVF8,SQ8", "PCA8,Flat",
+                                  "HNSW16,SQ8", "RaBitQ"])
+def test_trained_specs_are_accepted_and_trained_on_the_collections_rows(tmp_path: Path, spec: str) -> None:
+    col = _col("l2", spec, dim=16)
+    kind = probe(16, "l2", spec)
+    assert kind.trains != ("HNSW16," in spec and "SQ" not in spec) or kind.trains
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal((max(kind.train_rows, 2000), 16)).astype(np.float32)
+    copy = _replay(col, [_add("1-0", [f"r{i}" for i in range(len(data))], data)])
+    sealed = _seal(tmp_path, copy, [])
+    assert sealed.sealed[0].rows == len(data) and sealed.count == len(data)
+    if kind.trains:
+        assert sealed.manifest.trained is not None
+    hits = sealed.search(data[:20], 5, {"nprobe": 8} if "IVF" in spec else {})
+    assert sum(row[0][0] == f"r{i}" for i, row in enumerate(hits)) >= 10  # the row itself is mostly first
+
+
+@pytest.mark.parametrize("spec", ["NSG32", "LSH", "PQ4", "NoSuch", "IVF99999999,Flat", "IDMap,Flat"])
+def test_specs_that_cannot_serve_are_refused_naming_index(spec: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        probe(16, "l2", spec)
+    assert info.value.field == "index"
+
+
+def test_a_trained_spec_waits_for_enough_rows_to_train(tmp_path: Path) -> None:
+    col = _col("l2", "IVF64,Flat", dim=8)
+    assert spec_kind(8, "l2", "IVF64,Flat").train_rows == 39 * 64
+    copy = _replay(col, [_add("1-0", ["a", "b"], np.eye(2, 8, dtype=np.float32))])
+    assert sealing.template(tmp_path, col, copy, copy.manifest, np.eye(2, 8, dtype=np.float32), 1000) is None
+    assert [h[0] for h in copy.search(np.eye(1, 8, dtype=np.float32), 2, {"nprobe": 4})[0]] == ["a", "b"]
 
 
 def test_k_beyond_count_never_returns_minus_one() -> None:
-    copy = _copy("l2", dim=4)
+    copy = _replay(_col("l2", dim=4), [])
     assert copy.search(np.ones((2, 4), np.float32), 5, {}) == [[], []]
-    _add(copy, "1-0", ["a", "b"], np.eye(2, 4, dtype=np.float32))
+    copy.apply(_add("1-0", ["a", "b"], np.eye(2, 4, dtype=np.float32)))
     assert [h[0] for h in copy.search(np.ones((1, 4), np.float32), 50, {})[0]] == ["a", "b"]
 
 
-@pytest.mark.parametrize(("description", "field"), [("NoSuch", "index"), ("IVF16,Flat", "index"),
-                                                    ("IVF99999999,Flat", "index"), ("IDMap,Flat", "index")])
-def test_build_index_refusals_name_the_field(description: str, field: str) -> None:
-    with pytest.raises(InvalidInput) as info:
-        build_index(8, "l2", description)
-    assert info.value.field == field
-
-
 def test_search_parameters_must_fit_the_index() -> None:
-    flat = _copy("l2", dim=4)
-    _add(flat, "1-0", ["a"], np.ones((1, 4), np.float32))
+    flat = _replay(_col("l2", dim=4), [_add("1-0", ["a"], np.ones((1, 4), np.float32))])
     with pytest.raises(InvalidInput) as info:
         flat.search(np.ones((1, 4), np.float32), 1, {"efSearch": 8})
     assert info.value.field == "params.efSearch"
-    hnsw = _copy("l2", "HNSW16", dim=4)
-    _add(hnsw, "1-0", ["a"], np.ones((1, 4), np.float32))
+    hnsw = _replay(_col("l2", "HNSW16", dim=4), [_add("1-0", ["a"], np.ones((1, 4), np.float32))])
     assert hnsw.search(np.ones((1, 4), np.float32), 1, {"efSearch": 8})[0][0][0] == "a"

@@ -68,14 +68,15 @@ def tables(collections: list[dict[str, Any]], info: dict[str, Any]) -> list[Tabl
                 size[c["name"]] = max(size.get(c["name"], 0), c["index_bytes"])
 
     ct = Table(title=f"Collections ({len(collections)})", title_justify="left")
-    for header in ("name", "dim", "metric", "index", "vectors", "last LSN", "snapshot LSN", "copies", "max lag",
-                   "index size"):
+    for header in ("name", "dim", "metric", "index", "vectors", "sealed / growing", "segments", "last LSN", "copies",
+                   "max lag", "index size"):
         ct.add_column(header, no_wrap=header in ("name", "last LSN"),
                       justify="right" if header in ("dim", "vectors", "copies") else "left")
     for c in collections:
         name = c["name"]
-        ct.add_row(name, str(c["dim"]), c["metric"], c["index"], f"{c['count']:,}", c["lsn"],
-                   c.get("snapshot_lsn") or "-", str(held.get(name, 0)),
+        ct.add_row(name, str(c["dim"]), c["metric"], c["index"], f"{c['count']:,}",
+                   f"{c.get('sealed_rows', 0):,} / {c.get('growing_rows', 0):,}", str(len(c.get("segments") or [])),
+                   c["lsn"], str(held.get(name, 0)),
                    lag_text(lag.get(name), name not in behind) if name in held else "-", human_bytes(size.get(name)))
 
     wt = Table(title=f"Workers ({len(workers)} live)", title_justify="left")

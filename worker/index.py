@@ -1,23 +1,29 @@
-"""One collection's FAISS index copy inside one worker process, and how WAL entries change it.
+"""FAISS for vecq: what a collection's index spec can do, how to build it, and per-search parameters.
 
-Positions (FAISS's sequential ids) are assigned in log order, one `add` call per WAL entry, so every
-copy that applies the same entries builds the same index. Upserts and deletes leave tombstones that
-search excludes with an IDSelector, which works for Flat and HNSW alike (HNSW cannot remove).
+Only worker processes import faiss. A spec is any `index_factory` description that supports `add` and search
+with an IDSelector (deletes and upserts are tombstones excluded by one), trained specs included: they are
+trained on the collection's own rows when its first segment is sealed (worker/sealing.py). Until then, and for
+every write after the newest seal, rows are searched exactly in a growing Flat segment (worker/segment.py).
 """
 
 from __future__ import annotations
 
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import faiss
 import numpy as np
 
-from common.codec import ZERO_LSN, Lsn, index_description_problem, normalized
-from common.collections import Collection
+from common.codec import index_description_problem
 from common.errors import InvalidInput
-from common.wal import Entry
 
-RERANK_EXTRA = 8  # extra Flat candidates re-scored, so near-ties at the k-th place resolve the same way
+METRICS = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT, "cosine": faiss.METRIC_INNER_PRODUCT}
+TRAIN_SEED = 1234  # the training sample is drawn with a fixed seed, so every build of the same rows is the same
+KMEANS_POINTS_PER_CENTROID = 39  # below this FAISS warns that k-means is under-trained
 
 # FAISS takes its BLAS path for flat search when nq * d reaches one process-wide threshold; what pays off is a
 # number of queries (on the benchmark machine: BLAS loses below 4 queries, wins 2x at 8), so the threshold is
@@ -29,49 +35,160 @@ def use_blas_from(queries: int) -> None:
     global _blas_min_queries
     _blas_min_queries = max(1, int(queries))
 
-_METRICS = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT, "cosine": faiss.METRIC_INNER_PRODUCT}
+
+def set_blas_threshold(dim: int) -> None:
+    faiss.cvar.distance_compute_blas_threshold = _blas_min_queries * dim
 
 
-def build_index(dim: int, metric: str, description: str) -> faiss.Index:
-    """An empty index, or InvalidInput naming `index` when FAISS refuses the description or needs training."""
-    problem = index_description_problem(description)
+def factory(dim: int, metric: str, spec: str) -> faiss.Index:
+    """An empty index, or InvalidInput naming `index` when FAISS refuses the description."""
+    problem = index_description_problem(spec)
     if problem:  # checked here too: any Python producer can send vecq.create_collection without the API
         raise InvalidInput(problem, "index")
     try:
-        index = faiss.index_factory(dim, description, _METRICS[metric])
+        index = faiss.index_factory(dim, spec, METRICS[metric])
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "refused"
-        raise InvalidInput(f"FAISS cannot build index {description!r}: {first}", "index") from None
-    if not index.is_trained:
-        raise InvalidInput(f"index {description!r} needs training, which vecq does not support yet", "index")
+        raise InvalidInput(f"FAISS cannot build index {spec!r}: {_faiss_reason(exc)}", "index") from None
     if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2):
         raise InvalidInput("IDMap is managed by vecq; give the index without it", "index")
     return index
 
 
-def search_parameters(index: faiss.Index, params: dict[str, Any], selector: faiss.IDSelector | None):
-    """Per-query parameters as SearchParameters, never by mutating the shared index."""
-    unknown = set(params) - {"efSearch", "nprobe"}
-    if unknown:
-        raise InvalidInput(f"unknown search parameter {sorted(unknown)[0]!r}", f"params.{sorted(unknown)[0]}")
+def _faiss_reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    last = text.splitlines()[-1] if text else "refused"
+    return last.split("Error: ", 1)[-1][:200]
+
+
+def innermost(index: faiss.Index) -> faiss.Index:
+    """The index that does the searching, under pre-transforms (PCA, OPQ) and refinement."""
+    index = faiss.downcast_index(index)
+    while True:
+        if isinstance(index, faiss.IndexPreTransform):
+            index = faiss.downcast_index(index.index)
+        elif isinstance(index, faiss.IndexRefine):
+            index = faiss.downcast_index(index.base_index)
+        else:
+            return index
+
+
+@dataclass(frozen=True)
+class SpecKind:
+    """What vecq needs to know of a spec, read off an empty index of it."""
+
+    family: str  # "flat" (exact: ids and scores re-scored row by row), "hnsw", "ivf" or "other"
+    trains: bool
+    train_rows: int  # rows needed to train it (0 if it needs no training)
+    nlist: int = 0
+
+    @property
+    def params(self) -> frozenset[str]:
+        return frozenset({"hnsw": {"efSearch"}, "ivf": {"nprobe"}}.get(self.family, set()))
+
+
+@lru_cache(maxsize=256)
+def spec_kind(dim: int, metric: str, spec: str) -> SpecKind:
+    index = factory(dim, metric, spec)
+    inner = innermost(index)
+    exact = isinstance(index, faiss.IndexFlat)
+    family = ("flat" if exact else "hnsw" if isinstance(inner, faiss.IndexHNSW)
+              else "ivf" if isinstance(inner, faiss.IndexIVF) else "other")
+    nlist = int(inner.nlist) if isinstance(inner, faiss.IndexIVF) else 0
+    return SpecKind(family=family, trains=not index.is_trained, train_rows=training_rows(spec, nlist)
+                    if not index.is_trained else 0, nlist=nlist)
+
+
+def training_rows(spec: str, nlist: int) -> int:
+    """Rows to train on: enough points per centroid for the largest k-means in the spec (IVF lists, or the
+    2^bits centroids of each PQ sub-quantizer), at least 1,000 for the rest (SQ ranges, PCA, OPQ rotations)."""
+    bits = [int(b) for b in re.findall(r"x(\d+)", spec)] or ([8] if re.search(r"PQ\d+", spec) else [0])
+    centroids = max(nlist, *(2**b if b else 0 for b in bits))
+    return max(1000, KMEANS_POINTS_PER_CENTROID * centroids)
+
+
+def probe(dim: int, metric: str, spec: str) -> SpecKind:
+    """Refuse, naming `index`, a spec that cannot serve: every spec must train (if it needs to), add, search with
+    an IDSelector, and be written and read back. Tried on a small index of the same shape (IVF lists cut to 16, so
+    that training takes milliseconds), before the collection exists."""
+    kind = spec_kind(dim, metric, spec)
+    small = re.sub(r"IVF(\d+)", lambda m: f"IVF{min(int(m.group(1)), 16)}", spec)
+    index = factory(dim, metric, small)
+    rows = max(64, training_rows(small, min(kind.nlist, 16))) if kind.trains else 64
+    if rows * dim * 4 > 512 * 1024 * 1024:
+        raise InvalidInput(f"index {spec!r} at dim {dim} needs {rows:,} rows to train: too many", "index")
+    data = np.random.default_rng(TRAIN_SEED).standard_normal((rows, dim)).astype(np.float32)
+    if metric == "cosine":
+        data /= np.linalg.norm(data, axis=1, keepdims=True)
+    try:
+        if kind.trains:
+            index.train(data)
+        index.add(data)
+        keep = faiss.IDSelectorNot(faiss.IDSelectorRange(0, 1))
+        _, labels = index.search(data[:2], 3, params=search_parameters(index, {}, keep))
+        if (labels == 0).any():
+            raise RuntimeError("the selector was ignored")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "probe.faiss")
+            faiss.write_index(index, path)
+            read_back(path)
+    except RuntimeError as exc:
+        raise InvalidInput(f"index {spec!r} cannot serve vecq (search with deletes, add, save): "
+                           f"{_faiss_reason(exc)}", "index") from None
+    return kind
+
+
+def read_back(path: str) -> tuple[faiss.Index, bool]:
+    """Open a segment's index read-only, mapped from the file when FAISS can (then its codes and graph live in
+    the page cache, shared by every process on the host); else read into this process. Returns (index, mapped)."""
+    try:
+        return faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC), True
+    except RuntimeError:
+        return faiss.read_index(path, faiss.IO_FLAG_READ_ONLY), False
+
+
+def check_params(kind: SpecKind, params: dict[str, Any]) -> dict[str, int]:
+    """The per-request parameters this spec takes, or InvalidInput naming the one it does not."""
+    for name in sorted(params):
+        if name not in {"efSearch", "nprobe"}:
+            raise InvalidInput(f"unknown search parameter {name!r}", f"params.{name}")
+        if name not in kind.params:
+            applies = "HNSW" if name == "efSearch" else "IVF"
+            raise InvalidInput(f"{name} applies to {applies} indexes only", f"params.{name}")
+    return {k: int(v) for k, v in params.items()}
+
+
+def search_parameters(index: faiss.Index, params: dict[str, int], selector: faiss.IDSelector | None) -> Any:
+    """Per-query parameters as SearchParameters, never by mutating the shared (and mapped) index. The wrappers
+    (pre-transform, refine) pass theirs down to the index inside, whose class must match its own."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        inner = search_parameters(index.index, params, selector)
+        if inner is None:
+            return None
+        sp = faiss.SearchParametersPreTransform()
+        sp.index_params = inner
+        sp.keep_alive = inner  # SWIG does not hold the inner object
+        return sp
+    if isinstance(index, faiss.IndexRefine):
+        inner = search_parameters(index.base_index, params, selector)
+        sp = faiss.IndexRefineSearchParameters()
+        if inner is not None:
+            sp.base_index_params = inner
+            sp.keep_alive = inner
+        if selector is not None:
+            sp.sel = selector
+        return sp
     if isinstance(index, faiss.IndexHNSW):
-        if "nprobe" in params:
-            raise InvalidInput("nprobe applies to IVF indexes only", "params.nprobe")
         sp = faiss.SearchParametersHNSW()
         if "efSearch" in params:
-            sp.efSearch = int(params["efSearch"])
+            sp.efSearch = params["efSearch"]
     elif isinstance(index, faiss.IndexIVF):
-        if "efSearch" in params:
-            raise InvalidInput("efSearch applies to HNSW indexes only", "params.efSearch")
         sp = faiss.SearchParametersIVF()
         if "nprobe" in params:
-            sp.nprobe = int(params["nprobe"])
+            sp.nprobe = min(params["nprobe"], int(index.nlist))
+    elif selector is None:
+        return None
     else:
-        if params:
-            name = sorted(params)[0]
-            raise InvalidInput(f"{name} does not apply to this index", f"params.{name}")
-        if selector is None:
-            return None
         sp = faiss.SearchParameters()
     if selector is not None:
         sp.sel = selector
@@ -79,135 +196,36 @@ def search_parameters(index: faiss.Index, params: dict[str, Any], selector: fais
 
 
 def reseed_hnsw(index: faiss.Index, ntotal: int) -> None:
-    """HNSW draws each new node's level from an RNG that write_index does not save, so a copy loaded from a
-    snapshot would draw other levels than the copy that wrote it and the graphs (and results) would drift
-    apart. Seeding it from the position before every add makes levels a function of the log alone."""
-    if isinstance(index, faiss.IndexPreTransform):
-        index = faiss.downcast_index(index.index)
-    if isinstance(index, faiss.IndexHNSW):
-        index.hnsw.rng = faiss.RandomGenerator(12345 + ntotal)  # 12345: faiss's own default seed
+    """HNSW draws each new node's level from an RNG; seeding it from the position before the add makes a built
+    segment a function of its rows alone, so a seal redone after a crash builds the very same graph."""
+    inner = innermost(index)
+    if isinstance(inner, faiss.IndexHNSW):
+        inner.hnsw.rng = faiss.RandomGenerator(12345 + ntotal)  # 12345: faiss's own default seed
 
 
-class CollectionIndex:
-    def __init__(self, col: Collection, index: faiss.Index | None = None) -> None:
-        self.col = col
-        self.index = index if index is not None else build_index(col.dim, col.metric, col.index)
-        self.ids: list[str | None] = []  # position -> external id (None once tombstoned)
-        self.position: dict[str, int] = {}  # live external id -> position
-        self.dead: set[int] = set()
-        self.applied: Lsn = ZERO_LSN
-        self.trim_mark: Lsn = ZERO_LSN
-        self._selector: tuple[Any, Any] | None = None  # (IDSelectorNot, IDSelectorBatch): both kept alive
+def training_sample(n: int, wanted: int) -> np.ndarray:
+    """Row numbers of the training sample: all rows, or `wanted` of them drawn with a fixed seed, in order."""
+    if n <= wanted:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(TRAIN_SEED).choice(n, size=wanted, replace=False))
 
-    @property
-    def count(self) -> int:
-        return len(self.position)
 
-    @property
-    def rebuilt_by_snapshots(self) -> bool:
-        """HNSW built by many adds (one per WAL entry) is a worse graph than one add of everything (recall@10
-        0.955 vs 0.985 at efSearch 64 on 100k x 128 in `make bench`): snapshots rebuild it in one add, and
-        every copy then reloads that graph."""
-        return isinstance(self.index, faiss.IndexHNSW)
+def trained_empty(dim: int, metric: str, spec: str, vectors: np.ndarray, sample_rows: int) -> faiss.Index:
+    """An empty index of `spec`, trained on a sample of `vectors`: the template every segment is built from."""
+    index = factory(dim, metric, spec)
+    if not index.is_trained:
+        index.train(np.ascontiguousarray(vectors[training_sample(len(vectors), sample_rows)]))
+    return index
 
-    def apply(self, entry: Entry) -> None:
-        if entry.op == "add":
-            self._add(entry.ids, np.frombuffer(entry.vectors, dtype="<f4").reshape(-1, self.col.dim))
-        elif entry.op == "del":
-            for vid in entry.ids:
-                pos = self.position.pop(vid, None)
-                if pos is not None:
-                    self._bury(pos)
-        self.applied = entry.lsn
 
-    def _add(self, ids: list[str], vectors: np.ndarray) -> None:
-        start = self.index.ntotal
-        for vid in ids:
-            old = self.position.get(vid)
-            if old is not None:
-                self._bury(old)
-        reseed_hnsw(self.index, start)
-        self.index.add(vectors)
-        self.ids.extend(ids)
-        for offset, vid in enumerate(ids):
-            self.position[vid] = start + offset
+def build(template: faiss.Index, vectors: np.ndarray) -> faiss.Index:
+    """A segment's index: a copy of the (trained) empty template with all its rows added in one call."""
+    index = faiss.clone_index(template)
+    reseed_hnsw(index, 0)
+    if len(vectors):
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
 
-    def _bury(self, pos: int) -> None:
-        self.dead.add(pos)
-        self.ids[pos] = None
-        self._selector = None
 
-    def selector(self) -> faiss.IDSelector | None:
-        if not self.dead:
-            return None
-        if self._selector is None:
-            dead = np.fromiter(self.dead, dtype=np.int64, count=len(self.dead))
-            batch = faiss.IDSelectorBatch(len(dead), faiss.swig_ptr(dead))
-            self._selector = (faiss.IDSelectorNot(batch), batch)
-        return self._selector[0]
-
-    def prepare_queries(self, queries: np.ndarray) -> np.ndarray:
-        if queries.shape[1] != self.col.dim:
-            raise InvalidInput(f"query dimension {queries.shape[1]} != collection's {self.col.dim}", "vectors")
-        return normalized(queries) if self.col.metric == "cosine" else np.ascontiguousarray(queries)
-
-    def search(self, queries: np.ndarray, k: int, params: dict[str, Any]) -> list[list[tuple[str, float, int]]]:
-        """Best-first (id, score, position) per query; never a -1 or a tombstone."""
-        q = self.prepare_queries(queries)
-        sp = search_parameters(self.index, params, self.selector())
-        if self.index.ntotal == 0 or not self.position:
-            return [[] for _ in range(len(q))]
-        exact = isinstance(self.index, faiss.IndexFlat)
-        k_eff = min(k + RERANK_EXTRA if exact else k, self.index.ntotal)
-        faiss.cvar.distance_compute_blas_threshold = _blas_min_queries * self.col.dim
-        distances, labels = self.index.search(q, k_eff, params=sp)
-        if exact:
-            distances, labels = self._rerank(q, labels, k)
-        out: list[list[tuple[str, float, int]]] = []
-        for drow, lrow in zip(distances, labels, strict=True):
-            hits = []
-            for d, pos in zip(drow.tolist(), lrow.tolist(), strict=True):
-                if pos < 0:
-                    continue
-                vid = self.ids[pos]
-                if vid is not None:
-                    hits.append((vid, d, pos))
-            out.append(hits)
-        return out
-
-    def _rerank(self, q: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact Flat scores that do not depend on the batch. FAISS computes a batch of queries through BLAS
-        (nq >= blas_min_queries) and a lone query without, and the two round differently, so near-ties could
-        swap between a coalesced and a lone search. Recomputing the top k + RERANK_EXTRA candidates row by row
-        makes ids and scores the same however the queries were batched."""
-        valid = labels >= 0
-        candidates = self.index.reconstruct_batch(np.where(valid, labels, 0).ravel()).reshape(*labels.shape, -1)
-        if self.index.metric_type == faiss.METRIC_L2:
-            scores = ((candidates - q[:, None, :]) ** 2).sum(-1)
-            key = scores
-        else:
-            scores = (candidates * q[:, None, :]).sum(-1)
-            key = -scores
-        order = np.lexsort((labels, np.where(valid, key, np.inf)))[:, :k]
-        return np.take_along_axis(scores, order, -1), np.take_along_axis(labels, order, -1)
-
-    def vector(self, pos: int) -> list[float]:
-        return self.index.reconstruct(int(pos)).tolist()
-
-    def live_vectors(self) -> tuple[list[str], np.ndarray]:
-        """Live ids and their vectors in position order: what a compacted snapshot keeps."""
-        positions = sorted(self.position.values())
-        if not positions:
-            return [], np.zeros((0, self.col.dim), dtype=np.float32)
-        every = self.index.reconstruct_n(0, self.index.ntotal)
-        ids = [self.ids[p] for p in positions]
-        return ids, every[positions]  # type: ignore[return-value]
-
-    def compacted(self) -> CollectionIndex:
-        """A copy without tombstones: live vectors re-added in position order."""
-        fresh = CollectionIndex(self.col)
-        ids, vectors = self.live_vectors()
-        if ids:
-            fresh._add(ids, vectors)  # type: ignore[arg-type]
-        fresh.applied, fresh.trim_mark = self.applied, self.trim_mark
-        return fresh
+def flat(dim: int, metric: str) -> faiss.IndexFlat:
+    return faiss.IndexFlat(dim, METRICS[metric])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 
 import faiss
 from celery.signals import worker_process_init, worker_process_shutdown
@@ -33,7 +34,9 @@ def _init(**_: object) -> None:
     _beat(st)  # visible before the possibly long load, and beating through it: a load may outlast the TTL
     threading.Thread(target=_beat_forever, args=(st,), name="vecq-heartbeat", daemon=True).start()
     started = time.perf_counter()
-    st.registry.load_all()  # newest snapshot + WAL tail of each collection; per-collection times in the log
+    if settings.enable_test_tasks and settings.test_start_delay_s:
+        time.sleep(settings.test_start_delay_s)
+    st.registry.load_all()  # sealed segments + log tail of each collection; per-collection times in the log
     _beat(st)  # the load times (heartbeat `collections.*.load_s`) at once
     log.info("worker %s ready: %d collections loaded in %.3fs", st.worker, len(st.registry.copies),
              time.perf_counter() - started)
@@ -49,9 +52,22 @@ def _shutdown(**_: object) -> None:
         pass
 
 
+def memory() -> dict[str, int]:
+    """Resident bytes of this process: `anon` is its own, `file` is mapped files (segments), shared by the host."""
+    out: dict[str, int] = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            field, _, value = line.partition(":")
+            if field in ("RssAnon", "RssFile"):
+                out[field[3:].lower()] = int(value.split()[0]) * 1024
+    except OSError:  # not Linux
+        pass
+    return out
+
+
 def _info(st: state.ProcessState) -> dict[str, object]:
     return {"host": st.host, "pid": st.pid, "started_at": st.started_at, "jobs_done": st.jobs_done,
-            "last_job": st.last_job, "collections": st.registry.summary()}
+            "last_job": st.last_job, "collections": st.registry.summary(), "memory": memory()}
 
 
 def _beat(st: state.ProcessState) -> None:

@@ -1,4 +1,4 @@
-"""The collections this worker process holds, and how each copy catches up with its WAL."""
+"""The collections this worker process holds, and how each copy catches up with its manifest and its log."""
 
 from __future__ import annotations
 
@@ -8,99 +8,108 @@ from pathlib import Path
 
 import redis
 
-from common import collections, wal
+from common import collections, segments, wal
 from common.codec import Lsn, lsn_at_least
 from common.collections import Collection
-from common.errors import InvalidInput
-from worker import snapshot_files
-from worker.footprint import index_bytes
-from worker.index import CollectionIndex
+from common.errors import InvalidInput, NotFound
+from worker.collection_copy import CollectionCopy
 
 log = logging.getLogger("vecq.worker")
 
 READ_BATCH = 64  # WAL entries per round trip while replaying
-RELOAD_TRIES = 5
+REOPEN_TRIES = 5
 SWEEP_EVERY_S = 10.0
 
 
 class Registry:
-    def __init__(self, r: redis.Redis, snapshot_dir: Path) -> None:
+    def __init__(self, r: redis.Redis, store: Path, eventual_max_lag_s: float = 1.0) -> None:
         self.r = r
-        self.snapshot_dir = snapshot_dir  # shared by every worker of the collection (see snapshot_files)
-        self.copies: dict[str, CollectionIndex] = {}
+        self.store = store  # the segment store, shared by every worker of the collection (worker/segment_files.py)
+        self.eventual_max_lag_s = eventual_max_lag_s
+        self.copies: dict[str, CollectionCopy] = {}
         self.load_seconds: dict[str, float] = {}
-        self.index_bytes: dict[str, int] = {}  # measured here, in the job thread; the heartbeat only reads
         self._swept_at = time.monotonic()
 
-    def ready(self, col: Collection, consistency: str = "strong", min_lsn: Lsn | None = None) -> CollectionIndex:
-        """This process's copy of `col`, caught up as far as `consistency` asks."""
+    def ready(self, col: Collection, consistency: str = "strong", min_lsn: Lsn | None = None) -> CollectionCopy:
+        """This process's copy of `col`, caught up as far as `consistency` asks. `eventual` searches what is
+        applied, but never a copy whose last catch-up is older than `eventual_max_lag_s`: so the staleness of
+        an eventual read is bounded even on a collection that only eventual searches read."""
         self._maybe_sweep()
         copy = self.copies.get(col.name)
         if copy is None or copy.col.uid != col.uid:
             return self.load(col)
-        if consistency == "eventual":
+        if consistency == "eventual" and time.monotonic() - copy.caught_up_at < self.eventual_max_lag_s:
             return copy
         if consistency == "session":
             if not min_lsn:
                 raise InvalidInput("consistency 'session' needs min_lsn", "min_lsn")
             if lsn_at_least(copy.applied, min_lsn):
                 return copy
-        before = (copy, copy.applied)
         copy = self.catch_up(copy)
-        if (copy, copy.applied) != before:  # only a changed index changes its size: keep it off the hot path
-            self.index_bytes[col.name] = index_bytes(copy.index)
         if consistency == "session" and min_lsn and not lsn_at_least(copy.applied, min_lsn):
             raise InvalidInput(f"min_lsn {min_lsn} is beyond the end of the log ({copy.applied})", "min_lsn")
         return copy
 
-    def load(self, col: Collection) -> CollectionIndex:
-        """Newest snapshot, then the WAL tail."""
+    def load(self, col: Collection) -> CollectionCopy:
+        """The manifest's segments, then the log after them."""
         started = time.perf_counter()
-        copy = snapshot_files.load(self.snapshot_dir, col) or CollectionIndex(col)
-        from_snapshot = copy.applied
+        copy = self._open(col, segments.read(self.r, col), previous=None)
         copy = self.catch_up(copy)
-        self.copies[col.name] = copy
-        self.index_bytes[col.name] = index_bytes(copy.index)
         seconds = time.perf_counter() - started
         self.load_seconds[col.name] = round(seconds, 3)
-        log.info("loaded collection=%s vectors=%d snapshot_lsn=%s applied=%s seconds=%.3f",
-                 col.name, copy.count, from_snapshot, copy.applied, seconds)
+        log.info("loaded collection=%s vectors=%d segments=%d sealed_lsn=%s applied=%s seconds=%.3f", col.name,
+                 copy.count, len(copy.sealed), copy.manifest.sealed_lsn, copy.applied, seconds)
         return copy
 
-    def catch_up(self, copy: CollectionIndex) -> CollectionIndex:
-        """Apply the WAL after `copy.applied`. A copy whose next entries were trimmed away, or that still holds
-        tombstones a newer snapshot compacted, starts again from that snapshot and its tail: every copy then
-        holds the same index, so every worker gives the same ids and scores."""
-        misses = 0
+    def replace(self, copy: CollectionCopy) -> CollectionCopy:
+        self.copies[copy.col.name] = copy
+        return copy
+
+    def _open(self, col: Collection, manifest: segments.Manifest, previous: CollectionCopy | None) -> CollectionCopy:
+        opened = {s.info.id: s for s in previous.sealed} if previous is not None else {}
+        for attempt in range(REOPEN_TRIES):
+            try:
+                return self.replace(CollectionCopy.open(self.store, col, manifest, opened))
+            except (OSError, RuntimeError) as exc:  # a compaction swept a segment between our reads: read again
+                if attempt == REOPEN_TRIES - 1:
+                    raise RuntimeError(
+                        f"cannot open the segments of {col.name} in {self.store} ({exc}): workers on several hosts "
+                        "must share the segment store (VECQ_SEGMENT_DIR)") from exc
+                time.sleep(0.05 * (attempt + 1))
+                manifest = segments.read(self.r, col)
+        raise AssertionError("not reached")
+
+    def catch_up(self, copy: CollectionCopy) -> CollectionCopy:
+        """Apply the log after `copy.applied`. A new manifest (a seal or a compaction committed) or a log trimmed
+        past this copy opens the new segments and replays the log after them: one round trip when nothing
+        changed, which also checks that the collection still is this incarnation."""
+        col, reopened = copy.col, 0
         while True:
-            trim_mark, entries = wal.read_after(self.r, copy.col, copy.applied, READ_BATCH)
-            if trim_mark != copy.trim_mark:
-                gap = wal.needs_reload(copy.applied, trim_mark)
-                if gap or copy.dead or copy.rebuilt_by_snapshots:
-                    # Read after the trim mark: the snapshot it was trimmed for is in place by now.
-                    fresh = snapshot_files.load(self.snapshot_dir, copy.col)
-                    if fresh is not None and not wal.needs_reload(fresh.applied, trim_mark):
-                        log.info("reloading collection=%s from snapshot_lsn=%s (applied=%s trimmed_to=%s "
-                                 "tombstones=%d)", copy.col.name, fresh.applied, copy.applied, trim_mark,
-                                 len(copy.dead))
-                        fresh.trim_mark = trim_mark
-                        copy = self.copies[copy.col.name] = fresh
-                        continue
-                    if gap:
-                        misses += 1
-                        if misses < RELOAD_TRIES:  # a newer snapshot replaced the one we read: read again
-                            time.sleep(0.05 * misses)
-                            continue
-                        raise RuntimeError(
-                            f"WAL of {copy.col.name} is trimmed to {trim_mark}, past this copy ({copy.applied}), "
-                            f"and no snapshot that covers it is in {self.snapshot_dir}: workers on several "
-                            "hosts must share the snapshot dir (VECQ_SNAPSHOT_DIR)")
-                    log.warning("collection=%s keeps its tombstones: no snapshot at or after %s in %s",
-                                copy.col.name, trim_mark, self.snapshot_dir)
+            with self.r.pipeline(transaction=True) as pipe:
+                collections.queue_uid(pipe, col.name)
+                segments.queue_gen(pipe, col)
+                wal.queue_tail(pipe, col, copy.applied, READ_BATCH)
+                uid, gen, trimmed, raw = pipe.execute()
+            if collections.parse_uid(uid) != col.uid:
+                self.forget(col.name)
+                raise NotFound(f"collection {col.name!r} was deleted", "name")
+            trim_mark, entries = wal.parse_tail(trimmed, raw)
+            if segments.parse_gen(gen) != copy.manifest.gen or wal.needs_reload(copy.applied, trim_mark):
+                reopened += 1
+                if reopened > 2 * REOPEN_TRIES:
+                    raise RuntimeError(f"the log of {col.name} is trimmed to {trim_mark}, past what its segments "
+                                       f"cover ({copy.manifest.sealed_lsn})")
+                manifest = segments.read(self.r, col)
+                log.info("collection=%s: segments changed (gen %d -> %d, sealed_lsn %s); reopening", col.name,
+                         copy.manifest.gen, manifest.gen, manifest.sealed_lsn)
+                copy = self._open(col, manifest, previous=copy)
                 copy.trim_mark = trim_mark
+                continue
+            copy.trim_mark = trim_mark
             for entry in entries:
                 copy.apply(entry)
             if len(entries) < READ_BATCH:
+                copy.mark_caught_up()
                 return copy
 
     def load_all(self) -> None:
@@ -115,19 +124,17 @@ class Registry:
     def forget(self, name: str) -> None:
         self.copies.pop(name, None)
         self.load_seconds.pop(name, None)
-        self.index_bytes.pop(name, None)
 
     def _maybe_sweep(self) -> None:
-        """Drop copies of collections deleted elsewhere, so their memory does not outlive them."""
+        """Drop copies of collections deleted (or deleted and created again) elsewhere, so their memory does not
+        outlive them."""
         if time.monotonic() - self._swept_at < SWEEP_EVERY_S:
             return
         self._swept_at = time.monotonic()
-        live = set(collections.names(self.r))
-        for name in list(self.copies):
-            if name not in live:
+        for name, copy in list(self.copies.items()):
+            live = collections.find(self.r, name)
+            if live is None or live.uid != copy.col.uid:
                 self.forget(name)
 
     def summary(self) -> dict[str, dict[str, object]]:
-        return {name: {"count": c.count, "applied_lsn": c.applied, "uid": c.col.uid,
-                       "load_s": self.load_seconds.get(name), "index_bytes": self.index_bytes.get(name)}
-                for name, c in list(self.copies.items())}
+        return {name: {**c.summary(), "load_s": self.load_seconds.get(name)} for name, c in list(self.copies.items())}

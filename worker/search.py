@@ -12,7 +12,7 @@ import redis
 from common import wal
 from common.collections import Collection
 from common.errors import InvalidInput
-from worker.index import CollectionIndex
+from worker.collection_copy import CollectionCopy, Location
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Member:
                    include_vectors=bool(raw.get("include_vectors")))
 
 
-def run_search(r: redis.Redis, copy: CollectionIndex, queries: np.ndarray, members: list[Member],
+def run_search(r: redis.Redis, copy: CollectionCopy, queries: np.ndarray, members: list[Member],
                params: dict[str, Any], max_k: int, worker: str) -> list[dict[str, Any]]:
     """Results per member, in order; the queries of all members are searched in one call."""
     if sum(m.n for m in members) != len(queries):
@@ -50,7 +50,7 @@ def run_search(r: redis.Redis, copy: CollectionIndex, queries: np.ndarray, membe
     meta = _metadata(r, copy.col, members, per_member)
     out = []
     for m, rows in zip(members, per_member, strict=True):
-        results = [[_hit(copy, m, vid, score, pos, meta) for vid, score, pos in row] for row in rows]
+        results = [[_hit(copy, m, vid, score, loc, meta) for vid, score, loc in row] for row in rows]
         out.append({"results": results, "lsn": copy.applied, "took_ms": took_ms, "worker": worker})
     return out
 
@@ -61,10 +61,11 @@ def _metadata(r: redis.Redis, col: Collection, members: list[Member], per_member
     return dict(zip(wanted, wal.metadata(r, col, wanted), strict=True)) if wanted else {}
 
 
-def _hit(copy: CollectionIndex, m: Member, vid: str, score: float, pos: int, meta: dict[str, Any]) -> dict[str, Any]:
+def _hit(copy: CollectionCopy, m: Member, vid: str, score: float, loc: Location,
+         meta: dict[str, Any]) -> dict[str, Any]:
     hit: dict[str, Any] = {"id": vid, "score": score}
     if m.include_metadata:
         hit["metadata"] = meta.get(vid)
     if m.include_vectors:
-        hit["vector"] = copy.vector(pos)
+        hit["vector"] = copy.vector(loc)
     return hit

@@ -11,7 +11,7 @@ import redis
 
 from common.heartbeat import worker_id
 from common.settings import Settings
-from worker import snapshot_files
+from worker import segment_files
 from worker.registry import Registry
 
 
@@ -35,7 +35,8 @@ _state: ProcessState | None = None
 def init(settings: Settings) -> ProcessState:
     global _state
     r = redis.Redis.from_url(settings.effective_redis_url, socket_connect_timeout=5, health_check_interval=30)
-    _state = ProcessState(settings=settings, r=r, registry=Registry(r, snapshot_files.root(settings)),
+    registry = Registry(r, segment_files.root(settings), settings.eventual_max_lag_s)
+    _state = ProcessState(settings=settings, r=r, registry=registry,
                           worker=worker_id(socket.gethostname(), os.getpid()))
     return _state
 

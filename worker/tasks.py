@@ -19,18 +19,18 @@ import redis.exceptions
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from common import blobs, collections, jobs, stats, wal
-from common import snapshots as snapshot_state
+from common import blobs, collections, jobs, segments, stats, wal
 from common.celery_app import (
     ADD,
+    COMPACT,
     CREATE_COLLECTION,
     DELETE,
     GET,
     INGEST,
     POISON,
     PURGE,
+    SEAL,
     SEARCH,
-    SNAPSHOT,
 )
 from common.codec import (
     as_float32,
@@ -43,8 +43,8 @@ from common.codec import (
 from common.collections import Collection, new_collection
 from common.errors import InvalidInput, NotFound, VecqError
 from common.settings import get_settings
-from worker import app, ingest, snapshot_files, state
-from worker.index import build_index
+from worker import app, ingest, sealing, segment_files, state
+from worker.index import probe, spec_kind
 from worker.search import Member, run_search
 
 log = logging.getLogger("vecq.jobs")
@@ -113,7 +113,7 @@ def create_collection(self: Task, *, name: str, dim: int, metric: str = "l2", in
         if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= st.settings.max_dim:
             raise InvalidInput(f"dim must be an integer in 1..{st.settings.max_dim}", "dim")
         col = new_collection(name, dim, metric, index)
-        build_index(dim, metric, index)  # FAISS is the judge of the description, and only workers import it
+        probe(dim, metric, index)  # FAISS is the judge of the description, and only workers import it
         collections.create(st.r, col, st.settings.max_collections)
         return {**col.public(), "count": 0, "lsn": "0-0"}
 
@@ -160,10 +160,12 @@ def add(self: Task, *, collection: str, vectors: list[list[float]] | None = None
         lsn = append_chunks(st, col, job_id, vids, matrix, meta_json, parent)
         result: dict[str, Any] = {"count": n, "lsn": lsn}
         if parent is not None and blob is not None and rows is not None:
-            if ingest.part_done(st, col, parent, blob, rows, n):
-                maybe_snapshot(st, col)  # once per upload, not once per part
+            # An upload is sealed once, when its last part lands, not once per threshold: so its rows are built
+            # into one segment (one HNSW build) instead of several that a compaction builds again.
+            finished = ingest.part_done(st, col, parent, blob, rows, n)
+            maybe_seal(st, col, n, hold=not finished)
             return result
-        maybe_snapshot(st, col)
+        maybe_seal(st, col, n)
         if blob is not None:
             blobs.delete(st.r, blob)  # consumed
         if n <= IDS_IN_RESULT_MAX:
@@ -208,14 +210,20 @@ def append_chunks(st: state.ProcessState, col: Collection, job_id: str, ids: lis
     return lsn
 
 
-def maybe_snapshot(st: state.ProcessState, col: Collection) -> None:
-    """Enqueue a snapshot once the WAL since the last one passes a count or size threshold; one request at a
-    time per collection (a request is forgotten after the job time limit, in case its job was lost)."""
+def maybe_seal(st: state.ProcessState, col: Collection, rows: int, hold: bool = False) -> None:
+    """Count the rows written since the newest seal and enqueue a seal once they pass `seal_every_rows` (or
+    `seal_every_bytes` of vectors; a trained spec waits for the rows to train on); one request at a time per
+    collection (a request is forgotten after the job time limit, in case its job was lost). `hold` counts
+    without requesting."""
     s = st.settings
-    if snapshot_state.due(st.r, col, s.snapshot_every_entries, s.snapshot_every_bytes) and \
-            snapshot_state.request(st.r, col, stale_s=s.task_time_limit_s):
-        app.send_task(SNAPSHOT, kwargs={"collection": col.name, "uid": col.uid}, queue=s.queue,
-                      ignore_result=True)
+    due_at = max(1, min(s.seal_every_rows, s.seal_every_bytes // (4 * col.dim)))
+    kind = spec_kind(col.dim, col.metric, col.index)
+    if kind.trains:
+        due_at = max(due_at, kind.train_rows)
+    if hold:
+        due_at = 1 << 62
+    if segments.note_writes(st.r, col, rows, due_at, stale_s=s.task_time_limit_s):
+        app.send_task(SEAL, kwargs={"collection": col.name, "uid": col.uid}, queue=s.queue, ignore_result=True)
 
 
 @app.task(name=DELETE, bind=True)
@@ -226,7 +234,7 @@ def delete(self: Task, *, collection: str, ids: list[str], uid: str | None = Non
             raise InvalidInput("must be a non-empty list of ids", "ids")
         vids = check_ids(ids, len(ids), st.settings.max_id_length)
         lsn, found = wal.append_delete(st.r, col, f"{job_id}:0", vids)
-        maybe_snapshot(st, col)
+        maybe_seal(st, col, found)
         return {"deleted": found, "lsn": lsn}
 
     run_job(self, "delete", collection, body)
@@ -315,57 +323,67 @@ def get_vector(self: Task, *, collection: str, id: str, uid: str | None = None,
     def body(st: state.ProcessState, job_id: str) -> dict[str, Any]:
         col = resolve(st, collection, uid)
         copy = st.registry.ready(col, consistency)
-        pos = copy.position.get(id)
-        if pos is None:
+        loc = copy.locate(id)
+        if loc is None:
             raise NotFound(f"vector {id!r} not found", "id")
-        return {"id": id, "vector": copy.vector(pos), "metadata": wal.metadata(st.r, col, [id])[0]}
+        return {"id": id, "vector": copy.vector(loc), "metadata": wal.metadata(st.r, col, [id])[0]}
 
     run_job(self, "get", collection, body)
 
 
-@app.task(name=SNAPSHOT, bind=True)
-def snapshot(self: Task, *, collection: str, uid: str | None = None) -> None:
-    """Write a compacted snapshot of this worker's caught-up copy, then trim the WAL up to what it covers."""
+def under_seal_lock(st: state.ProcessState, job_id: str, col: Collection,
+                    work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run a seal or a compaction holding the collection's seal lock (taken back by this job's redelivery)."""
+    if not segments.lock(st.r, col, st.settings.task_time_limit_s, owner=job_id):
+        return {"skipped": "another seal or compaction of this collection is running"}
+    try:
+        return work()
+    finally:
+        segments.unlock(st.r, col, job_id)
+
+
+@app.task(name=SEAL, bind=True)
+def seal(self: Task, *, collection: str, uid: str | None = None) -> None:
+    """Seal the log written since the newest seal into a segment every worker maps; then trim the log to it.
+    Requests a compaction when the segments pass `compact_max_segments` or `compact_dead_fraction`."""
 
     def body(st: state.ProcessState, job_id: str) -> dict[str, Any]:
         col = resolve(st, collection, uid)
-        token = snapshot_state.lock(st.r, col, st.settings.task_time_limit_s, owner=job_id)
-        if token is None:
-            return {"skipped": "another snapshot of this collection is running"}
+        store = segment_files.root(st.settings)
         try:
-            started = time.perf_counter()
-            root = snapshot_files.root(st.settings)
-            copy = st.registry.ready(col, "strong")
-            newest = snapshot_files.current_lsn(root, col)
-            rebuild = bool(copy.dead) or (copy.rebuilt_by_snapshots and newest != copy.applied)
-            compact = copy.compacted() if rebuild else copy
-            # Nothing new since the newest snapshot: no rewrite, but the trim (the step a killed job may
-            # have missed) is repeated, so the WAL never grows on for want of it.
-            fresh = rebuild or newest != compact.applied
-            path = snapshot_files.write(root, compact) if fresh else None
-            wal.trim(st.r, col, compact.applied)  # up to what the snapshot covers, never further
-            compact.trim_mark = compact.applied
-            st.registry.copies[col.name] = compact
-            seconds = time.perf_counter() - started
-            snapshot_state.record(st.r, col, compact.applied, compact.count, seconds)
-            log.info("snapshot collection=%s lsn=%s count=%d dropped=%d written=%s seconds=%.3f", col.name,
-                     compact.applied, compact.count, len(copy.dead), fresh, seconds)
-            return {"lsn": compact.applied, "count": compact.count, "dropped": len(copy.dead),
-                    "path": str(path) if path else None, "written": fresh, "seconds": round(seconds, 3)}
+            result = under_seal_lock(st, job_id, col, lambda: sealing.seal(st.r, st.settings, st.registry, store,
+                                                                           col))
         finally:
-            snapshot_state.unlock(st.r, col, token)
-            snapshot_state.settled(st.r, col)
+            segments.settled(st.r, col)
+        copy = st.registry.ready(col, "strong")
+        if sealing.compaction_due(copy, st.settings.compact_max_segments, st.settings.compact_dead_fraction):
+            app.send_task(COMPACT, kwargs={"collection": col.name, "uid": col.uid}, queue=st.settings.queue,
+                          ignore_result=True)
+            result["compaction"] = "requested"
+        return result
 
-    run_job(self, "snapshot", collection, body)
+    run_job(self, "seal", collection, body)
+
+
+@app.task(name=COMPACT, bind=True)
+def compact(self: Task, *, collection: str, uid: str | None = None) -> None:
+    """Merge the collection's sealed segments into one, dropping dead rows."""
+
+    def body(st: state.ProcessState, job_id: str) -> dict[str, Any]:
+        col = resolve(st, collection, uid)
+        store = segment_files.root(st.settings)
+        return under_seal_lock(st, job_id, col, lambda: sealing.compact(st.r, st.settings, st.registry, store, col))
+
+    run_job(self, "compact", collection, body)
 
 
 @app.task(name=PURGE, bind=True)
 def purge(self: Task, *, collection: str, uid: str, dim: int = 1, metric: str = "l2", index: str = "Flat") -> None:
-    """Remove a deleted collection's snapshot files (its Redis keys are gone already)."""
+    """Remove a deleted collection's segment files (its Redis keys are gone already)."""
 
     def body(st: state.ProcessState, job_id: str) -> dict[str, Any]:
         col = Collection(name=collection, uid=uid, dim=dim, metric=metric, index=index, created_at=0)
-        snapshot_files.remove(snapshot_files.root(st.settings), col)
+        segment_files.remove(segment_files.root(st.settings), col)
         st.registry.forget(collection) if collection in st.registry.copies and \
             st.registry.copies[collection].col.uid == uid else None
         return {"purged": collection}

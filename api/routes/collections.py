@@ -17,9 +17,8 @@ from api.deps import (
 )
 from api.dispatch import Pending
 from api.strict_json import StrictJSONRoute
-from common import collections, wal
-from common import snapshots as snapshot_state
-from common.celery_app import CREATE_COLLECTION, PURGE, SNAPSHOT
+from common import collections, segments, wal
+from common.celery_app import COMPACT, CREATE_COLLECTION, PURGE, SEAL
 from common.collections import Collection
 from common.errors import InvalidInput
 from common.schemas import (
@@ -38,7 +37,9 @@ router = APIRouter(prefix="/v1/collections", tags=["collections"], route_class=S
 
 async def describe(r: RedisDep, col: Collection) -> dict[str, Any]:
     count, lsn = await wal.astats(r, col)
-    return {**col.public(), "count": count, "lsn": lsn, "snapshot_lsn": await snapshot_state.alast_lsn(r, col)}
+    manifest, seal = await segments.aread(r, col), await segments.astate(r, col)
+    return {**col.public(), "count": count, "lsn": lsn, "sealed_lsn": manifest.sealed_lsn,
+            "sealed_rows": manifest.rows, "growing_rows": seal.growing_rows, "segments": manifest.public()}
 
 
 @router.post("", status_code=201, response_model=CollectionOut,
@@ -78,18 +79,40 @@ async def get_collection(name: CollectionName, r: RedisDep, principal: Principal
 async def delete_collection(name: CollectionName, r: RedisDep, principal: PrincipalDep,
                             dispatcher: DispatcherDep, catalog: CatalogDep) -> Response:
     col = await load_collection(name, r, principal, write=True)
-    await collections.aremove(r, col, wal.data_keys(col) + snapshot_state.data_keys(col))
+    await collections.aremove(r, col, wal.data_keys(col) + segments.data_keys(col))
     catalog.forget(name)
-    # Snapshot files live where workers can reach them, not necessarily here: a worker removes them.
+    # Segment files live where workers can reach them, not necessarily here: a worker removes them.
     await dispatcher.submit("purge", PURGE, name, {"collection": name, "uid": col.uid}, wait=0,
                             scope=principal.scope)
     return Response(status_code=204)
 
 
-@router.post("/{name}/snapshot", status_code=200, responses={202: {"model": JobAccepted}})
+async def run_on_segments(job_type: str, task: str, name: str, r: RedisDep, principal: PrincipalDep,
+                          dispatcher: DispatcherDep, wait: float) -> Any:
+    col = await load_collection(name, r, principal, write=True)
+    outcome = await dispatcher.submit(job_type, task, name, {"collection": name, "uid": col.uid}, wait=wait,
+                                      scope=principal.scope)
+    return outcome.response() if isinstance(outcome, Pending) else outcome
+
+
+@router.post("/{name}/seal", status_code=200, responses={202: {"model": JobAccepted}})
+async def seal(name: CollectionName, r: RedisDep, principal: PrincipalDep, dispatcher: DispatcherDep,
+               wait: WaitWrite = 0.0) -> Any:
+    """Seal what was written since the newest seal into a segment every worker maps, and trim the log to it.
+    Runs on its own past `VECQ_SEAL_EVERY_ROWS`; a trained index waits until it has the rows to train on."""
+    return await run_on_segments("seal", SEAL, name, r, principal, dispatcher, wait)
+
+
+@router.post("/{name}/snapshot", status_code=200, responses={202: {"model": JobAccepted}}, deprecated=True)
 async def snapshot(name: CollectionName, r: RedisDep, principal: PrincipalDep, dispatcher: DispatcherDep,
                    wait: WaitWrite = 0.0) -> Any:
-    col = await load_collection(name, r, principal, write=True)
-    outcome = await dispatcher.submit("snapshot", SNAPSHOT, name, {"collection": name, "uid": col.uid},
-                                      wait=wait, scope=principal.scope)
-    return outcome.response() if isinstance(outcome, Pending) else outcome
+    """The former name of `seal`: snapshots are sealed segments now."""
+    return await run_on_segments("seal", SEAL, name, r, principal, dispatcher, wait)
+
+
+@router.post("/{name}/compact", status_code=200, responses={202: {"model": JobAccepted}})
+async def compact(name: CollectionName, r: RedisDep, principal: PrincipalDep, dispatcher: DispatcherDep,
+                  wait: WaitWrite = 0.0) -> Any:
+    """Merge the sealed segments into one without dead rows. Runs on its own past `VECQ_COMPACT_MAX_SEGMENTS`
+    segments or `VECQ_COMPACT_DEAD_FRACTION` dead rows."""
+    return await run_on_segments("compact", COMPACT, name, r, principal, dispatcher, wait)

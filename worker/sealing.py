@@ -1,0 +1,151 @@
+"""Sealing and compaction: building a segment once, for every worker to map.
+
+A seal turns the growing part of the log (the writes after the manifest's `sealed_lsn`, up to the end of the log
+as this worker has applied it) into one immutable segment of the collection's own spec: trained on the
+collection's rows if the spec needs training (once; the trained empty index is kept as the template of every
+later segment), built with one `add`. A compaction merges every segment into one, dropping dead rows. Both hold
+the collection's seal lock, write their files first and commit the manifest last (common/segments.py), and only
+then trim the log: a job killed at any step is redone by its redelivery, and nothing is lost or doubled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from common import jobs, segments, wal
+from common.collections import Collection
+from common.segments import Manifest, SegmentInfo
+from common.settings import Settings
+from worker import segment_files
+from worker.collection_copy import CollectionCopy
+from worker.index import build, factory, read_back, trained_empty
+from worker.registry import Registry
+from worker.segment_files import SegmentRows
+
+log = logging.getLogger("vecq.worker")
+
+
+@dataclass(frozen=True)
+class Template:
+    index: faiss.Index
+    name: str | None  # the trained template's file, for a trained spec
+    rows: int  # rows it was trained on
+
+
+def template(store: Path, col: Collection, copy: CollectionCopy, manifest: Manifest, vectors: np.ndarray,
+             sample_rows: int) -> Template | None:
+    """The empty index every segment of the collection starts from, trained on `vectors` the first time; None if
+    the spec needs training and there are not enough rows yet."""
+    kind = copy.kind
+    if not kind.trains:
+        return Template(factory(col.dim, col.metric, col.index), None, 0)
+    if manifest.trained is not None:
+        return Template(segment_files.read_trained(store, col, manifest.trained), manifest.trained,
+                        manifest.trained_rows)
+    if len(vectors) < kind.train_rows:
+        return None
+    index = trained_empty(col.dim, col.metric, col.index, vectors, max(sample_rows, kind.train_rows))
+    return Template(index, segment_files.write_trained(store, col, index), min(len(vectors),
+                                                                                max(sample_rows, kind.train_rows)))
+
+
+def write_segment(store: Path, col: Collection, tmpl: Template, rows: SegmentRows, first_lsn: str,
+                  lsn: str) -> SegmentInfo:
+    started = time.perf_counter()
+    index = build(tmpl.index, rows.vectors)
+    segment_id = segments.new_segment_id()
+    path, size = segment_files.write(store, col, segment_id, index, rows)
+    _, mapped = read_back(str(path / "index.faiss"))
+    return SegmentInfo(id=segment_id, first_lsn=first_lsn, lsn=lsn, rows=len(rows.ids), deleted=len(rows.deleted),
+                       bytes=size, spec=col.index, mapped=mapped, built_at=round(time.time(), 3),
+                       build_s=round(time.perf_counter() - started, 3))
+
+
+def seal(r: Any, settings: Settings, registry: Registry, store: Path, col: Collection) -> dict[str, Any]:
+    """Seal the growing part of `col`. The caller holds the seal lock."""
+    started = time.perf_counter()
+    copy = registry.ready(col, "strong")
+    manifest, lsn = copy.manifest, copy.applied
+    result: dict[str, Any] = {"lsn": lsn, "sealed_lsn": manifest.sealed_lsn, "segments": len(manifest.segments)}
+    if lsn == manifest.sealed_lsn:
+        finish_trim(r, settings, store, col, manifest)  # the step a killed job may have missed, repeated
+        return {**result, "sealed": False, "reason": "nothing written since the newest seal"}
+    ids, vectors = copy.growing.live_rows()
+    deleted = sorted(copy.growing.deleted)
+    tmpl = template(store, col, copy, manifest, vectors, settings.train_sample_rows)
+    if tmpl is None:
+        return {**result, "sealed": False, "reason": f"index {col.index!r} needs {copy.kind.train_rows:,} rows to "
+                f"train, the collection has {len(ids):,}: they stay searchable, exactly, in the growing segment"}
+    new_segments = list(manifest.segments)
+    info = None
+    if ids or (deleted and new_segments):
+        info = write_segment(store, col, tmpl, SegmentRows(ids, vectors, deleted), manifest.sealed_lsn, lsn)
+        new_segments.append(info)
+    committed = segments.commit(r, col, manifest, Manifest(
+        sealed_lsn=lsn, segments=tuple(new_segments), trained=tmpl.name, trained_rows=tmpl.rows))
+    finish_trim(r, settings, store, col, committed)
+    seconds = time.perf_counter() - started
+    segments.sealed(r, col, copy.growing.written_rows, lsn, seconds)
+    log.info("sealed collection=%s lsn=%s rows=%d deleted=%d segment=%s seconds=%.3f", col.name, lsn, len(ids),
+             len(deleted), info.id if info else None, seconds)
+    return {**result, "sealed": True, "sealed_lsn": lsn, "segments": len(new_segments),
+            "segment": info.id if info else None, "rows": len(ids), "seconds": round(seconds, 3)}
+
+
+def compact(r: Any, settings: Settings, registry: Registry, store: Path, col: Collection) -> dict[str, Any]:
+    """Merge every sealed segment into one without dead rows. The caller holds the seal lock."""
+    started = time.perf_counter()
+    copy = registry.ready(col, "strong")
+    manifest = copy.manifest
+    dead = sum(s.dead_count for s in copy.sealed)
+    if len(copy.sealed) < 2 and not dead:
+        return {"compacted": False, "reason": "one segment without dead rows", "segments": len(copy.sealed)}
+    ids: list[str] = []
+    parts = []
+    for segment in copy.sealed:  # live rows, oldest segment first: log order
+        live = np.flatnonzero(~segment.dead)
+        all_ids = segment.ids()
+        ids.extend(all_ids[i] for i in live.tolist())
+        parts.append(segment.vectors(live))
+    vectors = np.concatenate(parts) if parts else np.zeros((0, col.dim), dtype=np.float32)
+    tmpl = template(store, col, copy, manifest, vectors, settings.train_sample_rows)
+    if tmpl is None:  # a trained spec always has its template once it has a segment
+        raise RuntimeError(f"collection {col.name} has segments but no trained template")
+    # Every segment is merged, the oldest included, so no older segment is left for a deleted id to bury.
+    info = write_segment(store, col, tmpl, SegmentRows(ids, vectors, []), manifest.segments[0].first_lsn,
+                         manifest.segments[-1].lsn) if ids else None
+    committed = segments.commit(r, col, manifest, Manifest(
+        sealed_lsn=manifest.sealed_lsn, segments=(info,) if info else (), trained=manifest.trained,
+        trained_rows=manifest.trained_rows))
+    segment_files.sweep(store, col, keep=keep_names(committed))
+    seconds = time.perf_counter() - started
+    log.info("compacted collection=%s segments=%d->%d rows=%d dropped=%d seconds=%.3f", col.name,
+             len(manifest.segments), len(committed.segments), len(ids), dead, seconds)
+    return {"compacted": True, "segments": len(committed.segments), "merged": len(manifest.segments),
+            "rows": len(ids), "dropped": dead, "seconds": round(seconds, 3)}
+
+
+def compaction_due(copy: CollectionCopy, max_segments: int, dead_fraction: float) -> bool:
+    rows = sum(s.rows for s in copy.sealed)
+    dead = sum(s.dead_count for s in copy.sealed)
+    return len(copy.sealed) > max_segments or (rows > 0 and dead / rows > dead_fraction)
+
+
+def keep_names(manifest: Manifest) -> set[str]:
+    return {s.id for s in manifest.segments} | ({manifest.trained} if manifest.trained else set())
+
+
+def finish_trim(r: Any, settings: Settings, store: Path, col: Collection, manifest: Manifest) -> None:
+    """After a commit: trim the log to what the segments cover, forget dedup records no redelivery can need, and
+    sweep files no manifest lists."""
+    if manifest.sealed_lsn != "0-0":
+        wal.trim(r, col, manifest.sealed_lsn)
+        wal.prune_dedup(r, col, manifest.sealed_lsn, settings.redelivery_window_s, lambda ids: jobs.finished(r, ids))
+    segment_files.sweep(store, col, keep=keep_names(manifest))
