@@ -120,6 +120,12 @@ def check_metadata(metadata: Any, n: int, max_bytes: int, field: str = "metadata
     return out
 
 
+def rows_per_wal_entry(chunk_bytes: int, dim: int) -> int:
+    """Rows in one WAL entry. Fixed when a write is submitted and carried in its message, so a redelivery to a
+    worker with another VECQ_WAL_CHUNK_BYTES cuts the same chunks (and finds them in the dedup records)."""
+    return max(1, chunk_bytes // (4 * dim))
+
+
 def generated_ids(job_id: str, start: int, count: int) -> list[str]:
     """Ids for vectors sent without one: derived from the job, so a redelivered job makes the same ones."""
     namespace = uuid.UUID(hex=job_id) if len(job_id) == 32 else uuid.uuid5(uuid.NAMESPACE_URL, job_id)

@@ -52,9 +52,14 @@ def new_collection(name: str, dim: int, metric: str, index: str) -> Collection:
                       created_at=round(time.time(), 3))
 
 
-# Create only if absent and under the limit, in one step: two racing creators get one 201 and one 409.
+# Create only if absent and under the limit, in one step: two racing creators get one 201 and one 409. The
+# creating job owns the record: its redelivery (its worker died after the create) finds it made, not a conflict.
 _CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local owner = ARGV[#ARGV]
+  if owner ~= '' and redis.call('HGET', KEYS[1], 'created_by') == owner then return 'mine' end
+  return 'exists'
+end
 if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[1]) then return 'full' end
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('SADD', KEYS[2], ARGV[3])
@@ -62,11 +67,15 @@ return 'ok'
 """
 
 
-def create(r: redis.Redis, col: Collection, max_collections: int) -> Collection:
-    fields = [x for kv in col.to_redis().items() for x in kv]
+def create(r: redis.Redis, col: Collection, max_collections: int, owner: str = "") -> Collection:
+    """Create `col`; returns the collection as stored (for `owner`'s repeated create, the one it made first)."""
+    fields = [x for kv in col.to_redis().items() for x in kv] + ["created_by", owner]
     assert fields[0] == "name"  # ARGV[3] above is the name
-    outcome = r.eval(_CREATE, 2, keys.collection(col.name), keys.COLLECTIONS, max_collections, *fields)
+    outcome = r.register_script(_CREATE)(keys=[keys.collection(col.name), keys.COLLECTIONS],
+                                         args=[max_collections, *fields])
     outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
+    if outcome == "mine":
+        return get(r, col.name)
     if outcome == "exists":
         raise Conflict(f"collection {col.name!r} already exists", "name")
     if outcome == "full":

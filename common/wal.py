@@ -143,13 +143,20 @@ def metadata(r: redis.Redis, col: Collection, ids: Sequence[str]) -> list[dict |
     return [json.loads(m) if m else None for m in raw]
 
 
+_TRIM = """
+if redis.call('HGET', KEYS[3], 'uid') ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('XTRIM', KEYS[2], 'MINID', ARGV[1])
+return 1
+"""
+
+
 def trim(r: redis.Redis, col: Collection, upto: Lsn) -> None:
-    """Forget entries up to `upto`, which sealed segments cover. The mark is set first, so a reader never
-    misses a gap: it either sees entries still there or the mark that sends it to the segments."""
-    with r.pipeline(transaction=True) as pipe:
-        pipe.set(keys.trim(col.name, col.uid), upto)
-        pipe.xtrim(keys.wal(col.name, col.uid), minid=upto, approximate=False)
-        pipe.execute()
+    """Forget entries before `upto`, which sealed segments cover. The mark is set first, so a reader never
+    misses a gap: it either sees entries still there or the mark that sends it to the segments. Only while the
+    collection is this incarnation: a seal finishing after a delete must not leave a trim key behind."""
+    r.register_script(_TRIM)(keys=[keys.trim(col.name, col.uid), keys.wal(col.name, col.uid),
+                                   keys.collection(col.name)], args=[upto, col.uid])
 
 
 def length(r: redis.Redis, col: Collection) -> int:

@@ -497,6 +497,8 @@ ROUTES: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/v1/collections/{name}"): {"kind": "col", "write": False},
     ("DELETE", "/v1/collections/{name}"): {"kind": "col", "write": True},
     ("POST", "/v1/collections/{name}/snapshot"): {"kind": "col", "write": True},
+    ("POST", "/v1/collections/{name}/seal"): {"kind": "col", "write": True},
+    ("POST", "/v1/collections/{name}/compact"): {"kind": "col", "write": True},
     ("POST", "/v1/collections/{name}/vectors"): {"kind": "col", "write": True, "json": {"vectors": [[1, 2]]}},
     ("POST", "/v1/collections/{name}/vectors/delete"): {"kind": "col", "write": True, "json": {"ids": ["a"]}},
     ("GET", "/v1/collections/{name}/vectors/{vector_id}"): {"kind": "col", "write": False},

@@ -81,7 +81,8 @@ def test_vecq_up_ready_then_clean_stop_then_data_survives(tmp_path: Path) -> Non
         spawned = _descendants(proc.pid)
         assert len(spawned) >= 5  # redis-server, 2 celery mains + their pool children, uvicorn
         with httpx.Client(base_url=url, timeout=60) as api:
-            assert api.post("/v1/collections", json={"name": "kept", "dim": 2}).status_code == 201
+            created = api.post("/v1/collections", json={"name": "kept", "dim": 2})
+            assert created.status_code == 201, created.text
             add(api, "kept", [[0, 1], [1, 0]], ids=["a", "b"])
         leftovers = _stop(proc)
         assert not leftovers, f"processes left after Ctrl-C: {leftovers}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import time
 
 import httpx
 import numpy as np
@@ -167,3 +168,23 @@ def test_session_and_eventual_consistency(api: httpx.Client, make_collection) ->
     assert res["results"][0] in ([], [{"id": "a", "score": 0.0}])
     bad = api.post(f"/v1/collections/{name}/search", json={"vector": [0, 1], "consistency": "session"})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "min_lsn"
+
+
+def test_eventual_reads_converge_within_the_bound(api: httpx.Client, make_collection) -> None:  # type: ignore[no-untyped-def]
+    """`eventual` searches what a copy has applied, but never a copy caught up longer ago than
+    VECQ_EVENTUAL_MAX_LAG_S (1 s): after a write, every worker's eventual answer includes it within the bound,
+    even when only eventual searches read the collection."""
+    name = make_collection(dim=2)
+    add(api, name, [[1, 0]], ids=["old"])
+    for _ in range(6):  # every worker has a copy, caught up before the next write
+        search(api, name, [[1, 0]], k=1)
+    add(api, name, [[0, 1]], ids=["new"])
+    written = time.monotonic()
+    seen: dict[str, float] = {}
+    while len(seen) < 3 and time.monotonic() - written < 10:
+        res = search(api, name, [[0, 1]], k=1, consistency="eventual")
+        if ids_of(res) == [["new"]]:
+            seen.setdefault(res["worker"], time.monotonic() - written)
+        time.sleep(0.05)
+    assert len(seen) == 3, seen
+    assert max(seen.values()) < 2.5, seen  # 1 s bound, plus the searches' own time on a loaded machine

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from common import blobs, formats, jobs, stats, wal
 from common.celery_app import ADD
-from common.codec import generated_ids
+from common.codec import generated_ids, rows_per_wal_entry
 from common.collections import Collection
 from common.errors import InvalidInput
 from worker import app, state
@@ -161,7 +161,8 @@ def run_parent(st: state.ProcessState, job_id: str, col: Collection, blob_id: st
             for start in range(0, n, per_part):
                 kwargs: dict[str, Any] = {"collection": col.name, "uid": col.uid, "blob": blob_id,
                                           "rows": [start, min(n, start + per_part)], "parent": job_id,
-                                          "id_start": id_start}
+                                          "id_start": id_start,
+                                          "chunk_rows": rows_per_wal_entry(st.settings.wal_chunk_bytes, col.dim)}
                 if id_prefix is not None:
                     kwargs["id_prefix"] = id_prefix
                 app.send_task(ADD, kwargs=kwargs, task_id=child_id(job_id, start), queue=st.settings.queue,

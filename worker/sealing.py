@@ -21,6 +21,7 @@ import numpy as np
 
 from common import jobs, segments, wal
 from common.collections import Collection
+from common.errors import NotFound
 from common.segments import Manifest, SegmentInfo
 from common.settings import Settings
 from worker import segment_files
@@ -88,8 +89,12 @@ def seal(r: Any, settings: Settings, registry: Registry, store: Path, col: Colle
     if ids or (deleted and new_segments):
         info = write_segment(store, col, tmpl, SegmentRows(ids, vectors, deleted), manifest.sealed_lsn, lsn)
         new_segments.append(info)
-    committed = segments.commit(r, col, manifest, Manifest(
-        sealed_lsn=lsn, segments=tuple(new_segments), trained=tmpl.name, trained_rows=tmpl.rows))
+    try:
+        committed = segments.commit(r, col, manifest, Manifest(
+            sealed_lsn=lsn, segments=tuple(new_segments), trained=tmpl.name, trained_rows=tmpl.rows))
+    except NotFound:  # deleted while we built: its purge may have run already, so its files are ours to remove
+        segment_files.remove(store, col)
+        raise
     finish_trim(r, settings, store, col, committed)
     seconds = time.perf_counter() - started
     segments.sealed(r, col, copy.growing.written_rows, lsn, seconds)

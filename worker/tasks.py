@@ -38,6 +38,7 @@ from common.codec import (
     check_metadata,
     decode_vectors,
     normalized,
+    rows_per_wal_entry,
     vectors_from_json,
 )
 from common.collections import Collection, new_collection
@@ -114,7 +115,8 @@ def create_collection(self: Task, *, name: str, dim: int, metric: str = "l2", in
             raise InvalidInput(f"dim must be an integer in 1..{st.settings.max_dim}", "dim")
         col = new_collection(name, dim, metric, index)
         probe(dim, metric, index)  # FAISS is the judge of the description, and only workers import it
-        collections.create(st.r, col, st.settings.max_collections)
+        # Owned by this job: its own redelivery (its worker died after the create) finds the record it made.
+        col = collections.create(st.r, col, st.settings.max_collections, owner=job_id)
         return {**col.public(), "count": 0, "lsn": "0-0"}
 
     run_job(self, "create_collection", name, body)
@@ -124,11 +126,13 @@ def create_collection(self: Task, *, name: str, dim: int, metric: str = "l2", in
 def add(self: Task, *, collection: str, vectors: list[list[float]] | None = None, vectors_b64: str | None = None,
         ids: list[str] | None = None, metadata: list[dict[str, Any] | None] | None = None,
         uid: str | None = None, id_prefix: str | None = None, parent: str | None = None,
-        blob: str | None = None, rows: list[int] | None = None, id_start: int = 0) -> None:
+        blob: str | None = None, rows: list[int] | None = None, id_start: int = 0,
+        chunk_rows: int | None = None) -> None:
     """Upsert vectors given as `vectors` (JSON lists), `vectors_b64` (float32 rows, little-endian) or `blob`
     (an upload in Redis, see common/blobs.py: .npy or Parquet; `rows` [start, end) of it, default all).
     Omitted ids are derived from the job id (or id_prefix + id_start + row number), so a redelivery makes the
-    same. With `parent`, this job is one part of a bulk ingest (worker/ingest.py) and reports to it."""
+    same. With `parent`, this job is one part of a bulk ingest (worker/ingest.py) and reports to it. `chunk_rows`
+    (rows per WAL entry) is fixed by the submitter; without it, this worker's VECQ_WAL_CHUNK_BYTES decides."""
 
     def body(st: state.ProcessState, job_id: str) -> dict[str, Any]:
         if parent is not None and ingest.parent_over(st, parent):
@@ -157,7 +161,8 @@ def add(self: Task, *, collection: str, vectors: list[list[float]] | None = None
             meta_json = check_metadata(metas, n, st.settings.max_metadata_bytes) if metas is not None else [None] * n
         if col.metric == "cosine":
             matrix = normalized(matrix)
-        lsn = append_chunks(st, col, job_id, vids, matrix, meta_json, parent)
+        per_entry = int(chunk_rows) if chunk_rows else rows_per_wal_entry(st.settings.wal_chunk_bytes, col.dim)
+        lsn = append_chunks(st, col, job_id, vids, matrix, meta_json, parent, per_entry)
         result: dict[str, Any] = {"count": n, "lsn": lsn}
         if parent is not None and blob is not None and rows is not None:
             # An upload is sealed once, when its last part lands, not once per threshold: so its rows are built
@@ -198,8 +203,7 @@ def ingest_upload(self: Task, *, collection: str, blob: str, uid: str | None = N
 
 
 def append_chunks(st: state.ProcessState, col: Collection, job_id: str, ids: list[str], matrix: np.ndarray,
-                  metadata: list[str | None], parent: str | None) -> str:
-    rows_per_entry = max(1, st.settings.wal_chunk_bytes // (4 * col.dim))
+                  metadata: list[str | None], parent: str | None, rows_per_entry: int) -> str:
     lsn = "0-0"
     for chunk, start in enumerate(range(0, len(ids), rows_per_entry)):
         end = start + rows_per_entry
@@ -333,13 +337,16 @@ def get_vector(self: Task, *, collection: str, id: str, uid: str | None = None,
 
 def under_seal_lock(st: state.ProcessState, job_id: str, col: Collection,
                     work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run a seal or a compaction holding the collection's seal lock (taken back by this job's redelivery)."""
+    """Run a seal or a compaction holding the collection's seal lock (taken back by this job's redelivery). A job
+    that finds the lock held is skipped; whoever holds it asks for the seal that is still due when it is done."""
     if not segments.lock(st.r, col, st.settings.task_time_limit_s, owner=job_id):
         return {"skipped": "another seal or compaction of this collection is running"}
     try:
         return work()
     finally:
         segments.unlock(st.r, col, job_id)
+        segments.settled(st.r, col)
+        maybe_seal(st, col, 0)  # rows written meanwhile, or a seal request skipped while we held the lock
 
 
 @app.task(name=SEAL, bind=True)
@@ -350,11 +357,7 @@ def seal(self: Task, *, collection: str, uid: str | None = None) -> None:
     def body(st: state.ProcessState, job_id: str) -> dict[str, Any]:
         col = resolve(st, collection, uid)
         store = segment_files.root(st.settings)
-        try:
-            result = under_seal_lock(st, job_id, col, lambda: sealing.seal(st.r, st.settings, st.registry, store,
-                                                                           col))
-        finally:
-            segments.settled(st.r, col)
+        result = under_seal_lock(st, job_id, col, lambda: sealing.seal(st.r, st.settings, st.registry, store, col))
         copy = st.registry.ready(col, "strong")
         if sealing.compaction_due(copy, st.settings.compact_max_segments, st.settings.compact_dead_fraction):
             app.send_task(COMPACT, kwargs={"collection": col.name, "uid": col.uid}, queue=st.settings.queue,

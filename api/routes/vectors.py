@@ -101,7 +101,8 @@ async def add_json(body: AddVectors, col: Collection, dispatcher: Dispatcher, se
         raise InvalidInput(f"at most {settings.max_vectors_per_request} vectors per request; upload larger "
                            "batches as .npy or Parquet", "vectors")
     matrix = codec.matrix_from_rows(body.vectors, col.dim)
-    kwargs: dict[str, Any] = {"collection": col.name, "uid": col.uid, "vectors_b64": codec.encode_vectors(matrix)}
+    kwargs: dict[str, Any] = {"collection": col.name, "uid": col.uid, "vectors_b64": codec.encode_vectors(matrix),
+                              "chunk_rows": codec.rows_per_wal_entry(settings.wal_chunk_bytes, col.dim)}
     if body.ids is not None:
         kwargs["ids"] = codec.check_ids(body.ids, n, settings.max_id_length)
     elif id_prefix is not None:
