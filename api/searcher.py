@@ -20,6 +20,10 @@ names this process's listener. The worker sends all outcomes in one message and 
 answered while its client waits costs the API no Redis write and leaves no record behind, and a member whose id
 is shown (wait=0, or the wait ran out) gets its record then (common/jobs.py). Nothing is shared between API
 processes.
+
+Bounds, so that no client can exhaust the process: a lane is dropped as soon as it holds nothing (no request
+pending or in flight, no follower still expected), so one lane per distinct min_lsn costs nothing once answered;
+and a lane holds at most `coalesce_max_pending` requests waiting for a slot (beyond, 429 with Retry-After).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from api.dispatch import Dispatcher, Pending, RawResult, new_job_id, result_of
 from common import codec, jobs
 from common.celery_app import SEARCH
 from common.collections import Collection
+from common.errors import TooManyRequests
 from common.schemas import SearchRequest
 from common.settings import Settings
 
@@ -89,7 +94,7 @@ class Followers:
 @dataclass
 class Lane:
     col: Collection
-    body: SearchRequest  # consistency, min_lsn and params are the same for every entry of a lane
+    body: SearchRequest  # consistency and params (and a session's min_lsn) are the same for every entry of a lane
     pending: deque[Entry] = field(default_factory=deque)
     batches: int = 0  # in flight
     members: int = 0  # requests in the batches in flight
@@ -132,7 +137,9 @@ class Lane:
 
 def lane_key(col: Collection, body: SearchRequest) -> Hashable:
     params = tuple(sorted(body.params.as_dict().items())) if body.params else ()
-    return (col.name, col.uid, body.consistency, body.min_lsn, params)
+    # min_lsn means something only to a session search: strong and eventual ones share a lane whatever they send.
+    min_lsn = body.min_lsn if body.consistency == "session" else None
+    return (col.name, col.uid, body.consistency, min_lsn, params)
 
 
 class Searcher:
@@ -142,6 +149,10 @@ class Searcher:
         self.max_delay_s = settings.coalesce_max_delay_ms / 1000
         self.lanes: dict[Hashable, Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def pending_count(self) -> int:
+        """Requests waiting in the lanes for a batch slot (for /metrics)."""
+        return sum(len(lane.pending) for lane in self.lanes.values())
 
     async def search(self, col: Collection, queries: np.ndarray, body: SearchRequest, scope: str,
                      wait: float) -> dict[str, Any] | RawResult | Pending:
@@ -160,8 +171,8 @@ class Searcher:
         wait = min(wait, self.settings.wait_max_s)
         entry = Entry(job_id, queries, body, scope, wait=wait)
         with waiter.slot():
-            future = waiter.register(job_id)
-            self._enqueue(col, entry)
+            self._enqueue(col, entry)  # first: a full lane refuses it before anything is registered
+            future = waiter.register(job_id)  # nothing leaves before the next await: no message is missed
             outcome = await waiter.wait(job_id, future, wait)
         if outcome is None:
             await self._record(col, entry)
@@ -179,6 +190,11 @@ class Searcher:
         lane = self.lanes.get(key)
         if lane is None:
             lane = self.lanes[key] = Lane(col, entry.body)
+        elif len(lane.pending) >= self.settings.coalesce_max_pending:
+            # Its slots are taken (by slow or lost batches, or more load than the workers take): queueing more
+            # here would only grow this process without bound.
+            raise TooManyRequests(f"{len(lane.pending)} searches like this one are waiting for a batch slot in "
+                                  "this API process; retry shortly", None)
         lane.pending.append(entry)
         lane.arrived()
         self._kick(key, lane)
@@ -189,9 +205,14 @@ class Searcher:
         slots = self.settings.coalesce_inflight
         expected = lane.expected(now)
         if not lane.pending:
-            if lane.batches == 0 and not lane.launching and not expected:
-                self._disarm(lane)
-                self.lanes.pop(key, None)
+            if lane.batches or lane.launching:
+                return  # the batch that comes back kicks the lane again
+            if expected:  # kept for its followers, then kicked again to be dropped if they never came
+                self._arm(key, lane, lane.followers[0].until)
+                return
+            self._disarm(lane)
+            if self.lanes.get(key) is lane:
+                del self.lanes[key]  # an idle lane is dropped: one per distinct key would pile up forever
             return
         if lane.batches >= slots:
             return  # the batch that comes back kicks the lane again

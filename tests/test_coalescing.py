@@ -18,6 +18,7 @@ from api.searcher import Searcher
 from api.waiter import JobWaiter
 from common import jobs
 from common.collections import Collection
+from common.errors import TooManyRequests
 from common.schemas import SearchRequest
 from common.settings import Settings
 
@@ -45,14 +46,14 @@ class RecordingDispatcher:
                                                             json.dumps({"job": job_id}).encode()))
 
 
-def searcher(slots: int, delay_ms: float = 50.0) -> tuple[Searcher, RecordingDispatcher]:
+def searcher(slots: int, delay_ms: float = 50.0, **settings: Any) -> tuple[Searcher, RecordingDispatcher]:
     dispatcher = RecordingDispatcher()
-    settings = Settings(coalesce_max_inflight=slots, coalesce_max_delay_ms=delay_ms)
-    return Searcher(dispatcher, settings), dispatcher  # type: ignore[arg-type]
+    config = Settings(coalesce_max_inflight=slots, coalesce_max_delay_ms=delay_ms, **settings)
+    return Searcher(dispatcher, config), dispatcher  # type: ignore[arg-type]
 
 
-def search(s: Searcher) -> asyncio.Task[Any]:
-    return asyncio.ensure_future(s.search(COL, np.zeros((1, 4), np.float32), BODY, "", wait=5.0))
+def search(s: Searcher, body: SearchRequest = BODY, wait: float = 5.0) -> asyncio.Task[Any]:
+    return asyncio.ensure_future(s.search(COL, np.zeros((1, 4), np.float32), body, "", wait=wait))
 
 
 async def turns(n: int = 10) -> None:
@@ -181,5 +182,70 @@ def test_requests_that_waited_for_the_slot_join_the_followers_of_the_batch_that_
         assert sizes(d) == [4, 6]  # not [4, 2, 4]: a group split once would stay split
         d.answer(1)
         await asyncio.gather(*waiting, *followers)
+
+    asyncio.run(main())
+
+
+# Issue 16: bounds, and batches that never come back -------------------------------------------------------------
+
+
+def session(i: int) -> SearchRequest:
+    """A read-your-writes search: each client sends the LSN of its own last write, so each is a lane of its own."""
+    return SearchRequest(vector=[0.0] * 4, consistency="session", min_lsn=f"1-{i}")
+
+
+def test_lanes_of_distinct_min_lsn_are_dropped_once_answered() -> None:
+    async def main() -> None:
+        s, d = searcher(slots=1, delay_ms=10)
+        for round_ in range(5):  # a few hundred read-your-writes clients, 60 of them at a time
+            tasks = [search(s, session(round_ * 60 + i)) for i in range(60)]
+            await turns()
+            assert len(s.lanes) == 60 and sizes(d)[-60:] == [1] * 60  # no two of them can share a batch
+            for i in range(len(d.batches) - 60, len(d.batches)):
+                d.answer(i)
+            await asyncio.gather(*tasks)
+            await asyncio.sleep(0.03)  # past the max delay: no follower of theirs is expected any more
+            assert s.lanes == {} and s.pending_count() == 0
+        assert not d.waiter._futures and not s._tasks  # nothing else is kept either
+
+    asyncio.run(main())
+
+
+def test_min_lsn_splits_only_session_searches() -> None:
+    async def main() -> None:
+        s, d = searcher(slots=1)
+        bodies = [SearchRequest(vector=[0.0] * 4, consistency=c, min_lsn=f"1-{i}")  # type: ignore[arg-type]
+                  for c in ("strong", "eventual") for i in range(3)]
+        tasks = [search(s, b) for b in bodies]
+        await turns()
+        assert sorted(sizes(d)) == [3, 3]  # one lane per consistency, whatever min_lsn they carry
+        for i in range(2):
+            d.answer(i)
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+
+
+def test_a_full_lane_refuses_with_429_and_keeps_nothing_of_the_refused() -> None:
+    async def main() -> None:
+        s, d = searcher(slots=1, coalesce_max_pending=3)
+        first = search(s)
+        await turns()  # in flight: the lane's one slot is taken
+        queued = [search(s) for _ in range(3)]
+        await turns()
+        refused = [search(s) for _ in range(4)] + [search(s, wait=0)]  # waiting clients and wait=0 alike
+        await turns()
+        for task in refused:
+            with pytest.raises(TooManyRequests) as err:
+                task.result()
+            assert err.value.status == 429
+        assert s.pending_count() == 3 and len(d.waiter._futures) == 1 + 1 + 3  # the batch, `first`, the queued
+        d.answer(0)
+        await first
+        while len(d.batches) < 2:
+            await asyncio.sleep(0.002)
+        d.answer(1)
+        assert len(await asyncio.gather(*queued)) == 3
+        assert search(s) is not None  # the lane takes requests again
 
     asyncio.run(main())
