@@ -18,8 +18,8 @@ query vectors.
 Each request keeps its own job id; the batch's `members` say which rows belong to which job, and `reply_to`
 names this process's listener. The worker sends all outcomes in one message and keeps them `hold_s`; a search
 answered while its client waits costs the API no Redis write and leaves no record behind, and a member whose id
-is shown (wait=0, or the wait ran out) gets its record then (common/jobs.py). Nothing is shared between API
-processes.
+is shown (wait=0, or the wait ran out) gets its record then (common/jobs.py). A member whose message was missed
+(the listener was reconnecting) reads its outcome from the kept ones. Nothing is shared between API processes.
 
 Bounds, so that no client can exhaust the process: a lane is dropped as soon as it holds nothing (no request
 pending or in flight, no follower still expected), so one lane per distinct min_lsn costs nothing once answered;
@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from api.dispatch import Dispatcher, Pending, RawResult, new_job_id, result_of
+from api.waiter import Outcome, Recheck
 from common import codec, jobs
 from common.celery_app import SEARCH
 from common.collections import Collection
@@ -173,11 +174,22 @@ class Searcher:
         with waiter.slot():
             self._enqueue(col, entry)  # first: a full lane refuses it before anything is registered
             future = waiter.register(job_id)  # nothing leaves before the next await: no message is missed
-            outcome = await waiter.wait(job_id, future, wait)
+            outcome = await waiter.wait(job_id, future, wait, self._member_recheck(entry))
+            if outcome is None:  # one last look: a batch that ended as the wait ran out answers with its hits
+                outcome = await self._member_recheck(entry)()
         if outcome is None:
             await self._record(col, entry)
             return await self.dispatcher.pending(job_id)
         return result_of(outcome)
+
+    def _member_recheck(self, entry: Entry) -> Recheck:
+        """A waiting member's outcome from its batch's outcomes in Redis: it has no record to look at."""
+        async def check() -> Outcome | None:
+            if entry.batch_id is None:  # still in its lane: nothing can have been missed
+                return None
+            return await jobs.amember_outcome(self.dispatcher.r, entry.batch_id, entry.job_id)
+
+        return check
 
     async def _record(self, col: Collection, entry: Entry) -> None:
         """The record of a member whose id is about to be shown (see common/jobs.py, members)."""

@@ -1,7 +1,8 @@
 """The coalescing scheduler (api/searcher.py) on its own: which requests leave together, and when.
 
-Pure scheduling, driven on an event loop with a dispatcher that records what would be published; the real
-path (Redis, Celery, workers) is exercised by tests/test_search_jobs.py.
+Scheduling driven on an event loop with a dispatcher that records what would be published instead of sending it;
+the tests of lost messages give it the test Redis for the records and outcomes they read. The real path (Celery,
+workers) is exercised by tests/test_search_jobs.py.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
+import redis.asyncio as aredis
 
-from api.dispatch import RawResult
+from api.dispatch import Dispatcher, RawResult
 from api.searcher import Searcher
-from api.waiter import JobWaiter
+from api.waiter import RECHECK, JobWaiter
 from common import jobs
 from common.collections import Collection
 from common.errors import TooManyRequests
@@ -29,10 +32,12 @@ BODY = SearchRequest(vector=[0.0] * 4)
 class RecordingDispatcher:
     """Publishes nothing: remembers each batch (its members' job ids) for the test to answer."""
 
-    def __init__(self) -> None:
-        self.waiter = JobWaiter(None, max_waiters=10_000)  # type: ignore[arg-type]  # never started: no Redis
+    def __init__(self, r: aredis.Redis | None = None) -> None:
+        self.waiter = JobWaiter(r, max_waiters=10_000)  # type: ignore[arg-type]  # never started: no listener
         self.batches: list[tuple[str, list[str]]] = []
-        self.r = None
+        self.r = r
+
+    pending = Dispatcher.pending  # the 202 of a member whose wait ran out, from its record (needs Redis)
 
     async def send(self, task: str, job_id: str, kwargs: dict[str, Any]) -> None:
         self.batches.append((job_id, [m["job_id"] for m in kwargs["members"]]))
@@ -46,8 +51,9 @@ class RecordingDispatcher:
                                                             json.dumps({"job": job_id}).encode()))
 
 
-def searcher(slots: int, delay_ms: float = 50.0, **settings: Any) -> tuple[Searcher, RecordingDispatcher]:
-    dispatcher = RecordingDispatcher()
+def searcher(slots: int, delay_ms: float = 50.0, r: aredis.Redis | None = None,
+             **settings: Any) -> tuple[Searcher, RecordingDispatcher]:
+    dispatcher = RecordingDispatcher(r)
     config = Settings(coalesce_max_inflight=slots, coalesce_max_delay_ms=delay_ms, **settings)
     return Searcher(dispatcher, config), dispatcher  # type: ignore[arg-type]
 
@@ -247,5 +253,43 @@ def test_a_full_lane_refuses_with_429_and_keeps_nothing_of_the_refused() -> None
         d.answer(1)
         assert len(await asyncio.gather(*queued)) == 3
         assert search(s) is not None  # the lane takes requests again
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def redis_url(r: redis.Redis) -> str:
+    conn = r.connection_pool.connection_kwargs
+    return f"redis://{conn['host']}:{conn['port']}/{conn.get('db', 0)}"
+
+
+def test_a_missed_batch_message_is_made_up_for_from_the_outcomes(redis_url: str) -> None:
+    """The batch's message was published while the listener was reconnecting: once back, the listener wakes every
+    waiter, and the member finds its hits in the batch's outcomes (it has no record), the lane its slot."""
+    async def main() -> None:
+        client = aredis.Redis.from_url(redis_url)
+        sync = redis.Redis.from_url(redis_url)
+        try:
+            s, d = searcher(slots=1, r=client)
+            missed = search(s, wait=30)
+            await turns()
+            after = search(s, wait=30)
+            await turns()
+            batch_id, members = d.batches[0]
+            jobs.load_scripts(sync)
+            with sync.pipeline(transaction=False) as pipe:  # what the worker does, its message going nowhere
+                jobs.finish_members(pipe, batch_id, [({"job_id": members[0]}, {"results": [[]], "lsn": "1-0"}, None)],
+                                    reply_to=None, started_at=0.0, worker="w", hold_s=60)
+                pipe.execute()
+            d.waiter._wake_all(RECHECK)  # what the listener does once it has subscribed again
+            result = await asyncio.wait_for(missed, 2)
+            assert isinstance(result, RawResult) and json.loads(result.body) == {"results": [[]], "lsn": "1-0"}
+            while len(d.batches) < 2:
+                await asyncio.sleep(0.01)
+            d.answer(1)
+            await asyncio.wait_for(after, 2)
+        finally:
+            await client.aclose()
+            sync.close()
 
     asyncio.run(main())
