@@ -23,13 +23,15 @@ is shown (wait=0, or the wait ran out) gets its record then (common/jobs.py). A 
 
 Bounds, so that no client can exhaust the process: a lane is dropped as soon as it holds nothing (no request
 pending or in flight, no follower still expected), so one lane per distinct min_lsn costs nothing once answered;
-and a lane holds at most `coalesce_max_pending` requests waiting for a slot (beyond, 429 with Retry-After).
+a lane holds at most `coalesce_max_pending` requests waiting for a slot (beyond, 429 with Retry-After); and a
+batch gives its slot back once it comes back, once its outcomes are seen in Redis, or once no client here still
+needs it (every member's wait has run out, and at least MIN_SLOT_HOLD_S after it left), so a batch lost with its
+worker blocks its lane no longer than that.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections import deque
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import redis.exceptions
 
 from api.dispatch import Dispatcher, Pending, RawResult, new_job_id, result_of
 from api.waiter import Outcome, Recheck
@@ -48,7 +51,11 @@ from common.errors import TooManyRequests
 from common.schemas import SearchRequest
 from common.settings import Settings
 
-BATCH_DONE_TIMEOUT_S = 60.0  # a lane slot is freed after this even if its batch never reports back
+BATCH_DONE_TIMEOUT_S = 60.0  # a lane slot is freed after this even if members still wait (waits go up to 300 s)
+# The least time a batch holds its slot when nobody here waits for it any more (wait=0 members, waits that ran out
+# early). Not zero: the slots are what lets POST-then-poll searches pile into big batches while the workers are
+# busy (see the README's Performance). Far above a batch's round trip: only a lost batch gives its slot back so.
+MIN_SLOT_HOLD_S = 5.0
 # How long a batch's outcomes stay readable after its members' waits run out: the record of a member whose
 # id is shown then (a 202) is made from them. Seconds, far more than that takes.
 HOLD_MARGIN_S = 30.0
@@ -275,21 +282,18 @@ class Searcher:
                           hold_s=round(max(0.0, waits_end - time.monotonic()) + HOLD_MARGIN_S, 3))
             await self.dispatcher.send(SEARCH, batch_id, kwargs)
         except BaseException as exc:
+            waiter.unregister(batch_id, done)
             for entry in batch:
                 if entry.sent is None:
                     waiter.fail(entry.job_id, exc)
                 elif not entry.sent.done():
                     entry.sent.set_exception(exc)
-            done.cancel()
         else:
             for entry in batch:
                 if entry.sent is not None and not entry.sent.done():
                     entry.sent.set_result(None)
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(done, BATCH_DONE_TIMEOUT_S)
-                came_back = True
+            came_back = await self._until_back(batch_id, done, self._slot_until(batch))
         finally:
-            waiter.unregister(batch_id, done)
             lane.batches -= 1
             lane.members -= len(batch)
             waiting = sum(1 for entry in batch if entry.waiting)
@@ -298,6 +302,27 @@ class Searcher:
                 if waiting:
                     lane.followers.append(Followers(waiting, lane.returned_at + self.max_delay_s))
             self._kick(key, lane)
+
+    @staticmethod
+    def _slot_until(batch: list[Entry]) -> float:
+        """When a batch that has not come back gives its slot back anyway (monotonic): once no client here needs
+        it, their waits having all run out (they have their 202s; the worker finishes their records whenever it
+        runs the batch), and not before MIN_SLOT_HOLD_S. Without this, a batch lost with its worker would hold the
+        slot for BATCH_DONE_TIMEOUT_S while the lane's other requests queue behind it."""
+        sent_at = time.monotonic()
+        waits_end = max(e.queued_at + e.wait for e in batch)
+        return sent_at + min(max(waits_end - sent_at, MIN_SLOT_HOLD_S), BATCH_DONE_TIMEOUT_S)
+
+    async def _until_back(self, batch_id: str, done: asyncio.Future[Outcome], until: float) -> bool:
+        """Whether the batch came back before `until`: its message arrived, or its outcomes were seen in Redis
+        after the listener may have missed the message."""
+        async def finished() -> Outcome | None:
+            return {"batch": batch_id} if await jobs.abatch_finished(self.dispatcher.r, batch_id) else None
+
+        try:
+            return await self.dispatcher.waiter.wait(batch_id, done, until - time.monotonic(), finished) is not None
+        except redis.exceptions.RedisError:
+            return False  # Redis is away: the slot goes back; each member learns of its own outcome on its own
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)

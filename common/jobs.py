@@ -216,7 +216,7 @@ def set_total(r: redis.Redis, job_id: str, total: int) -> None:
 # exist; the API creates a member's record only when it shows the id (wait=0, or the wait ran out), from the
 # batch's outcomes if they are in (amember_record). Either script may run first: the record ends up right. A
 # waiter that missed the batch's message (its listener was reconnecting) reads its outcome there too
-# (amember_outcome).
+# (amember_outcome), and the API's lane frees the batch's slot once it sees them (abatch_finished).
 
 _DELIVERY = """
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
@@ -385,3 +385,7 @@ async def amember_outcome(r: aredis.Redis, batch_id: str, job_id: str) -> Member
         return None
     return MemberOutcome(job_id, _text(status), _text(field), value.encode() if isinstance(value, str) else value)
 
+
+async def abatch_finished(r: aredis.Redis, batch_id: str) -> bool:
+    """Whether a batch's outcomes are in (and still kept): it came back even if its message was missed."""
+    return bool(await r.exists(keys.batch_outcomes(batch_id)))

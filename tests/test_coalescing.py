@@ -1,8 +1,8 @@
 """The coalescing scheduler (api/searcher.py) on its own: which requests leave together, and when.
 
 Scheduling driven on an event loop with a dispatcher that records what would be published instead of sending it;
-the tests of lost messages give it the test Redis for the records and outcomes they read. The real path (Celery,
-workers) is exercised by tests/test_search_jobs.py.
+the tests of lost batches and messages give it the test Redis for the records and outcomes they read. The real
+path (Celery, workers) is exercised by tests/test_search_jobs.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
-from api.dispatch import Dispatcher, RawResult
+from api import searcher as searcher_module
+from api.dispatch import Dispatcher, Pending, RawResult
 from api.searcher import Searcher
 from api.waiter import RECHECK, JobWaiter
 from common import jobs
@@ -261,6 +262,32 @@ def test_a_full_lane_refuses_with_429_and_keeps_nothing_of_the_refused() -> None
 def redis_url(r: redis.Redis) -> str:
     conn = r.connection_pool.connection_kwargs
     return f"redis://{conn['host']}:{conn['port']}/{conn.get('db', 0)}"
+
+
+def test_a_lost_batch_gives_its_slot_back_once_its_waits_have_run_out(redis_url: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch lost with its worker never comes back. Once its member's wait has run out (the client has its 202),
+    the lane's next request leaves: it does not wait BATCH_DONE_TIMEOUT_S behind the lost one."""
+    monkeypatch.setattr(searcher_module, "MIN_SLOT_HOLD_S", 0.2)  # the floor, 5 s, would only slow the test
+
+    async def main() -> None:
+        client = aredis.Redis.from_url(redis_url)
+        try:
+            s, d = searcher(slots=1, r=client)
+            lost = search(s, wait=0.4)
+            await turns()
+            after = search(s, wait=10)
+            await asyncio.sleep(0.2)
+            assert sizes(d) == [1]  # the slot is taken
+            assert isinstance(await asyncio.wait_for(lost, 2), Pending)
+            while len(d.batches) < 2:
+                await asyncio.sleep(0.01)
+            d.answer(1)
+            assert isinstance(await asyncio.wait_for(after, 2), RawResult)
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
 
 
 def test_a_missed_batch_message_is_made_up_for_from_the_outcomes(redis_url: str) -> None:
