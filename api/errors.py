@@ -34,7 +34,8 @@ def field_name(loc: tuple[Any, ...] | list[Any]) -> str | None:
 
 async def _vecq_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, VecqError)
-    headers = {503: {"Retry-After": "1"}, 401: {"WWW-Authenticate": "Bearer"}}.get(exc.status)
+    retry = {"Retry-After": "1"}  # 429 and 503 are both "come back shortly"
+    headers = {429: retry, 503: retry, 401: {"WWW-Authenticate": "Bearer"}}.get(exc.status)
     return error_response(exc.status, exc.code, exc.message, exc.field, headers)
 
 

@@ -6,6 +6,8 @@
 - Cluster-wide (api/ops.py, recomputed on every scrape, the same whichever process answers): jobs by type and
   final status, queue depth, live workers, per worker and per collection applied-LSN lag, vectors and index
   bytes per collection.
+- Of the process that answers the scrape, read at scrape time: its coalescing lanes and the searches waiting in
+  them for a batch slot (api/searcher.py), the two numbers that must stay bounded whatever clients send.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from prometheus_fastapi_instrumentator import metrics as http_metrics
 
 from api.ops import Snapshot, copies, lsn_seconds
+from api.searcher import Searcher
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -52,13 +55,29 @@ def instrument(app: FastAPI) -> CollectorRegistry:
     return registry
 
 
-def render(process_registry: CollectorRegistry, snap: Snapshot) -> bytes:
+def render(process_registry: CollectorRegistry, snap: Snapshot, searcher: Searcher | None = None) -> bytes:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # every uvicorn process's HTTP metrics, summed
         process_registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(process_registry)
-    cluster = CollectorRegistry(auto_describe=False)
-    cluster.register(_Cluster(snap))
-    return generate_latest(process_registry) + generate_latest(cluster)
+    scrape = CollectorRegistry(auto_describe=False)
+    scrape.register(_Cluster(snap))
+    if searcher is not None:
+        scrape.register(_Lanes(searcher))
+    return generate_latest(process_registry) + generate_latest(scrape)
+
+
+class _Lanes:
+    """A one-shot collector of this process's coalescing state."""
+
+    def __init__(self, searcher: Searcher) -> None:
+        self.searcher = searcher
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("vecq_search_lanes", "Coalescing lanes this API process holds (one per collection, "
+                                "consistency, session min_lsn and params with searches in it).",
+                                value=len(self.searcher.lanes))
+        yield GaugeMetricFamily("vecq_search_pending", "Searches waiting in this API process's lanes for a batch "
+                                "slot.", value=self.searcher.pending_count())
 
 
 class _Cluster:

@@ -18,14 +18,20 @@ query vectors.
 Each request keeps its own job id; the batch's `members` say which rows belong to which job, and `reply_to`
 names this process's listener. The worker sends all outcomes in one message and keeps them `hold_s`; a search
 answered while its client waits costs the API no Redis write and leaves no record behind, and a member whose id
-is shown (wait=0, or the wait ran out) gets its record then (common/jobs.py). Nothing is shared between API
-processes.
+is shown (wait=0, or the wait ran out) gets its record then (common/jobs.py). A member whose message was missed
+(the listener was reconnecting) reads its outcome from the kept ones. Nothing is shared between API processes.
+
+Bounds, so that no client can exhaust the process: a lane is dropped as soon as it holds nothing (no request
+pending or in flight, no follower still expected), so one lane per distinct min_lsn costs nothing once answered;
+a lane holds at most `coalesce_max_pending` requests waiting for a slot (beyond, 429 with Retry-After); and a
+batch gives its slot back once it comes back, once its outcomes are seen in Redis, or once no client here still
+needs it (every member's wait has run out, and at least MIN_SLOT_HOLD_S after it left), so a batch lost with its
+worker blocks its lane no longer than that.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections import deque
@@ -34,15 +40,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import redis.exceptions
 
 from api.dispatch import Dispatcher, Pending, RawResult, new_job_id, result_of
+from api.waiter import Outcome, Recheck
 from common import codec, jobs
 from common.celery_app import SEARCH
 from common.collections import Collection
+from common.errors import TooManyRequests
 from common.schemas import SearchRequest
 from common.settings import Settings
 
-BATCH_DONE_TIMEOUT_S = 60.0  # a lane slot is freed after this even if its batch never reports back
+BATCH_DONE_TIMEOUT_S = 60.0  # a lane slot is freed after this even if members still wait (waits go up to 300 s)
+# The least time a batch holds its slot when nobody here waits for it any more (wait=0 members, waits that ran out
+# early). Not zero: the slots are what lets POST-then-poll searches pile into big batches while the workers are
+# busy (see the README's Performance). Far above a batch's round trip: only a lost batch gives its slot back so.
+MIN_SLOT_HOLD_S = 5.0
 # How long a batch's outcomes stay readable after its members' waits run out: the record of a member whose
 # id is shown then (a 202) is made from them. Seconds, far more than that takes.
 HOLD_MARGIN_S = 30.0
@@ -89,7 +102,7 @@ class Followers:
 @dataclass
 class Lane:
     col: Collection
-    body: SearchRequest  # consistency, min_lsn and params are the same for every entry of a lane
+    body: SearchRequest  # consistency and params (and a session's min_lsn) are the same for every entry of a lane
     pending: deque[Entry] = field(default_factory=deque)
     batches: int = 0  # in flight
     members: int = 0  # requests in the batches in flight
@@ -132,7 +145,9 @@ class Lane:
 
 def lane_key(col: Collection, body: SearchRequest) -> Hashable:
     params = tuple(sorted(body.params.as_dict().items())) if body.params else ()
-    return (col.name, col.uid, body.consistency, body.min_lsn, params)
+    # min_lsn means something only to a session search: strong and eventual ones share a lane whatever they send.
+    min_lsn = body.min_lsn if body.consistency == "session" else None
+    return (col.name, col.uid, body.consistency, min_lsn, params)
 
 
 class Searcher:
@@ -142,6 +157,10 @@ class Searcher:
         self.max_delay_s = settings.coalesce_max_delay_ms / 1000
         self.lanes: dict[Hashable, Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def pending_count(self) -> int:
+        """Requests waiting in the lanes for a batch slot (for /metrics)."""
+        return sum(len(lane.pending) for lane in self.lanes.values())
 
     async def search(self, col: Collection, queries: np.ndarray, body: SearchRequest, scope: str,
                      wait: float) -> dict[str, Any] | RawResult | Pending:
@@ -160,13 +179,24 @@ class Searcher:
         wait = min(wait, self.settings.wait_max_s)
         entry = Entry(job_id, queries, body, scope, wait=wait)
         with waiter.slot():
-            future = waiter.register(job_id)
-            self._enqueue(col, entry)
-            outcome = await waiter.wait(job_id, future, wait)
+            self._enqueue(col, entry)  # first: a full lane refuses it before anything is registered
+            future = waiter.register(job_id)  # nothing leaves before the next await: no message is missed
+            outcome = await waiter.wait(job_id, future, wait, self._member_recheck(entry))
+            if outcome is None:  # one last look: a batch that ended as the wait ran out answers with its hits
+                outcome = await self._member_recheck(entry)()
         if outcome is None:
             await self._record(col, entry)
             return await self.dispatcher.pending(job_id)
         return result_of(outcome)
+
+    def _member_recheck(self, entry: Entry) -> Recheck:
+        """A waiting member's outcome from its batch's outcomes in Redis: it has no record to look at."""
+        async def check() -> Outcome | None:
+            if entry.batch_id is None:  # still in its lane: nothing can have been missed
+                return None
+            return await jobs.amember_outcome(self.dispatcher.r, entry.batch_id, entry.job_id)
+
+        return check
 
     async def _record(self, col: Collection, entry: Entry) -> None:
         """The record of a member whose id is about to be shown (see common/jobs.py, members)."""
@@ -179,6 +209,11 @@ class Searcher:
         lane = self.lanes.get(key)
         if lane is None:
             lane = self.lanes[key] = Lane(col, entry.body)
+        elif len(lane.pending) >= self.settings.coalesce_max_pending:
+            # Its slots are taken (by slow or lost batches, or more load than the workers take): queueing more
+            # here would only grow this process without bound.
+            raise TooManyRequests(f"{len(lane.pending)} searches like this one are waiting for a batch slot in "
+                                  "this API process; retry shortly", None)
         lane.pending.append(entry)
         lane.arrived()
         self._kick(key, lane)
@@ -189,9 +224,14 @@ class Searcher:
         slots = self.settings.coalesce_inflight
         expected = lane.expected(now)
         if not lane.pending:
-            if lane.batches == 0 and not lane.launching and not expected:
-                self._disarm(lane)
-                self.lanes.pop(key, None)
+            if lane.batches or lane.launching:
+                return  # the batch that comes back kicks the lane again
+            if expected:  # kept for its followers, then kicked again to be dropped if they never came
+                self._arm(key, lane, lane.followers[0].until)
+                return
+            self._disarm(lane)
+            if self.lanes.get(key) is lane:
+                del self.lanes[key]  # an idle lane is dropped: one per distinct key would pile up forever
             return
         if lane.batches >= slots:
             return  # the batch that comes back kicks the lane again
@@ -242,21 +282,18 @@ class Searcher:
                           hold_s=round(max(0.0, waits_end - time.monotonic()) + HOLD_MARGIN_S, 3))
             await self.dispatcher.send(SEARCH, batch_id, kwargs)
         except BaseException as exc:
+            waiter.unregister(batch_id, done)
             for entry in batch:
                 if entry.sent is None:
                     waiter.fail(entry.job_id, exc)
                 elif not entry.sent.done():
                     entry.sent.set_exception(exc)
-            done.cancel()
         else:
             for entry in batch:
                 if entry.sent is not None and not entry.sent.done():
                     entry.sent.set_result(None)
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(done, BATCH_DONE_TIMEOUT_S)
-                came_back = True
+            came_back = await self._until_back(batch_id, done, self._slot_until(batch))
         finally:
-            waiter.unregister(batch_id, done)
             lane.batches -= 1
             lane.members -= len(batch)
             waiting = sum(1 for entry in batch if entry.waiting)
@@ -265,6 +302,27 @@ class Searcher:
                 if waiting:
                     lane.followers.append(Followers(waiting, lane.returned_at + self.max_delay_s))
             self._kick(key, lane)
+
+    @staticmethod
+    def _slot_until(batch: list[Entry]) -> float:
+        """When a batch that has not come back gives its slot back anyway (monotonic): once no client here needs
+        it, their waits having all run out (they have their 202s; the worker finishes their records whenever it
+        runs the batch), and not before MIN_SLOT_HOLD_S. Without this, a batch lost with its worker would hold the
+        slot for BATCH_DONE_TIMEOUT_S while the lane's other requests queue behind it."""
+        sent_at = time.monotonic()
+        waits_end = max(e.queued_at + e.wait for e in batch)
+        return sent_at + min(max(waits_end - sent_at, MIN_SLOT_HOLD_S), BATCH_DONE_TIMEOUT_S)
+
+    async def _until_back(self, batch_id: str, done: asyncio.Future[Outcome], until: float) -> bool:
+        """Whether the batch came back before `until`: its message arrived, or its outcomes were seen in Redis
+        after the listener may have missed the message."""
+        async def finished() -> Outcome | None:
+            return {"batch": batch_id} if await jobs.abatch_finished(self.dispatcher.r, batch_id) else None
+
+        try:
+            return await self.dispatcher.waiter.wait(batch_id, done, until - time.monotonic(), finished) is not None
+        except redis.exceptions.RedisError:
+            return False  # Redis is away: the slot goes back; each member learns of its own outcome on its own
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)

@@ -2,9 +2,10 @@
 
 Each API process subscribes to its own channel. A waiter registers a future here, then adds the channel to
 the job's watchers (common/jobs.py); the worker's `finish` publishes the outcome to every watcher. The
-listener resolves futures by job id. If the subscription drops, every waiter re-reads its job record once
-the listener is back, and waits also re-read the record every few seconds: a lost message costs a delay,
-never a hang.
+listener resolves futures by job id. If the subscription drops, every waiter checks again once the listener
+is back, and waits also check again every few seconds: a lost message costs a delay, never a hang. A check
+reads the job's record, or, for a search answered in a batch (which has no record while its client waits),
+the batch's outcomes (api/searcher.py passes that check in).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aredis
@@ -24,6 +26,7 @@ from common.errors import Unavailable
 
 log = logging.getLogger("vecq.api")
 Outcome = dict[str, Any] | jobs.MemberOutcome  # what a waiter's future resolves to
+Recheck = Callable[[], Awaitable[Outcome | None]]  # the outcome found in Redis, or None if not finished yet
 RECHECK: dict[str, Any] = {"recheck": True}
 RECHECK_EVERY_S = 5.0
 
@@ -134,10 +137,13 @@ class JobWaiter:
             if not futures:
                 del self._futures[job_id]
 
-    async def wait(self, job_id: str, future: asyncio.Future[Outcome], timeout: float) -> Outcome | None:
+    async def wait(self, job_id: str, future: asyncio.Future[Outcome], timeout: float,
+                   recheck: Recheck | None = None) -> Outcome | None:
         """The finished job's outcome ({job_id, status, result|error} or a MemberOutcome), or None when `timeout`
-        runs out."""
+        runs out. Whenever a message may have been missed (the listener reconnected; and every RECHECK_EVERY_S),
+        `recheck` looks in Redis; by default it reads the job's record."""
         deadline = time.monotonic() + timeout
+        check = recheck or (lambda: self._finished_record(job_id))
         try:
             while True:
                 remaining = deadline - time.monotonic()
@@ -150,12 +156,17 @@ class JobWaiter:
                     outcome = RECHECK
                 if outcome is not RECHECK:
                     return outcome
-                raw = await jobs.aget(self.r, job_id)
-                # No record is normal for a search member: it gets one only if its id is shown.
-                if raw is not None and jobs.public(raw)["status"] in jobs.TERMINAL:
-                    return jobs.public(raw)
-                if future.done():
-                    self.unregister(job_id, future)
-                    future = self.register(job_id)
+                # Listen again before reading: a message published during the read is not missed.
+                self.unregister(job_id, future)
+                future = self.register(job_id)
+                found = await check()
+                if found is not None:
+                    return found
         finally:
             self.unregister(job_id, future)
+
+    async def _finished_record(self, job_id: str) -> Outcome | None:
+        raw = await jobs.aget(self.r, job_id)
+        if raw is not None and jobs.public(raw)["status"] in jobs.TERMINAL:
+            return jobs.public(raw)
+        return None

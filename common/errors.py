@@ -48,13 +48,21 @@ class TooLarge(VecqError):
     code = "too_large"
 
 
+class TooManyRequests(VecqError):
+    """Too much waiting already at this point: retry shortly (the API answers with Retry-After)."""
+
+    status = 429
+    code = "too_many_requests"
+
+
 class Unavailable(VecqError):
     status = 503
     code = "unavailable"
 
 
 _BY_CODE: dict[str, type[VecqError]] = {
-    cls.code: cls for cls in (InvalidInput, Unauthorized, Forbidden, NotFound, Conflict, TooLarge, Unavailable)
+    cls.code: cls for cls in (InvalidInput, Unauthorized, Forbidden, NotFound, Conflict, TooLarge, TooManyRequests,
+                          Unavailable)
 }
 
 

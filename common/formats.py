@@ -147,6 +147,50 @@ class NpyValues:
         self.values += len(values)
 
 
+class UploadHead:
+    """What the start of an upload says, checked as it streams in whatever its chunk boundaries (a client may
+    send one byte at a time): its kind, from the magic bytes when the media type does not say, and for .npy the
+    header (dtype, shape, the collection's dimension) as soon as it is complete, then every value after it."""
+
+    def __init__(self, kind: str | None, dim: int) -> None:
+        self.kind = kind  # "npy", "parquet", or None until the magic bytes are in
+        self.dim = dim
+        self.head = bytearray()  # the first NPY_HEAD_MAX bytes
+        self.values: NpyValues | None = None  # set once the .npy header is complete and checked
+        # Every chunk until then: NpyValues counts positions from the first byte of the body, so it must be fed
+        # all of them, the ones that came before the kind was known included. At most NPY_HEAD_MAX + one chunk.
+        self._early: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> None:
+        if self.values is not None:
+            self.values.feed(chunk)
+            return
+        if len(self.head) >= NPY_HEAD_MAX:
+            return  # Parquet: only its first bytes matter here (a .npy has its values checker by now)
+        self.head += chunk[: NPY_HEAD_MAX - len(self.head)]
+        if self.kind is None and len(self.head) >= 8:
+            self.kind = sniff(bytes(self.head[:8]))
+            if self.kind is None:  # no need to stream the rest into Redis first
+                raise InvalidInput("application/octet-stream upload is neither .npy nor Parquet", "body")
+        if self.kind == "parquet":
+            self._early.clear()
+            return
+        self._early.append(chunk)
+        if self.kind == "npy":
+            layout = npy_layout(bytes(self.head), complete=False)
+            if layout is not None:  # refuse a wrong dtype or dimension before the rest arrives
+                check_npy(layout, self.dim)
+                self.values = NpyValues(layout)
+                self.values.feed(b"".join(self._early))
+                self._early.clear()
+
+    def finish(self) -> str | None:
+        """The kind once the whole body is in (a body of under 8 bytes is sniffed only now)."""
+        if self.kind is None:
+            self.kind = sniff(bytes(self.head[:8]))
+        return self.kind
+
+
 # Parquet ---------------------------------------------------------------------------------------------------
 
 

@@ -222,7 +222,9 @@ def set_total(r: redis.Redis, job_id: str, total: int) -> None:
 # never gets a record: its id is never shown, and a day of records at a thousand searches a second would fill
 # Redis. The worker keeps a batch's outcomes for `hold_s` (`batch` key, one hash) and finishes the records that
 # exist; the API creates a member's record only when it shows the id (wait=0, or the wait ran out), from the
-# batch's outcomes if they are in (amember_record). Either script may run first: the record ends up right.
+# batch's outcomes if they are in (amember_record). Either script may run first: the record ends up right. A
+# waiter that missed the batch's message (its listener was reconnecting) reads its outcome there too
+# (amember_outcome), and the API's lane frees the batch's slot once it sees them (abatch_finished).
 
 _DELIVERY = """
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
@@ -376,3 +378,22 @@ async def amember_record(r: aredis.Redis, job_id: str, batch_id: str | None, col
     fields["submitted_at"] = f"{submitted_at:.6f}"
     outcomes = keys.batch_outcomes(batch_id) if batch_id else ""
     await r.eval(_MEMBER_RECORD, 2, keys.job(job_id), outcomes, ttl, *[x for kv in fields.items() for x in kv])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def amember_outcome(r: aredis.Redis, batch_id: str, job_id: str) -> MemberOutcome | None:
+    """A member's outcome from its batch's outcomes, if the batch has finished (and they are still kept): how a
+    waiter gets its result when the batch's message did not reach it (the listener was reconnecting)."""
+    status, field, value = await r.hmget(keys.batch_outcomes(batch_id), f"{job_id}:status", f"{job_id}:field",
+                                         f"{job_id}:value")
+    if status is None or field is None or value is None:
+        return None
+    return MemberOutcome(job_id, _text(status), _text(field), value.encode() if isinstance(value, str) else value)
+
+
+async def abatch_finished(r: aredis.Redis, batch_id: str) -> bool:
+    """Whether a batch's outcomes are in (and still kept): it came back even if its message was missed."""
+    return bool(await r.exists(keys.batch_outcomes(batch_id)))

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     coalesce_max_inflight: int = Field(
         0, ge=0, description="Batches of one collection in flight per API process; 0: workers / api_processes."
     )
+    coalesce_max_pending: int = Field(
+        1024, ge=1, description="Searches of one lane (collection, consistency, min_lsn, params) an API process "
+        "holds waiting for a batch slot; beyond, 429 with Retry-After."
+    )
     collection_cache_s: float = Field(
         1.0, ge=0, description="How long an API process reuses a collection's record for searches (0: never)."
     )

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -95,6 +96,37 @@ def test_npy_layout_and_streamed_value_check() -> None:
         formats.NpyValues(formats.npy_layout(overflow, complete=True)).feed(overflow)  # type: ignore[arg-type]
 
 
+def _pieces(body: bytes, sizes: tuple[int, ...] = (1, 3, 2)) -> list[bytes]:
+    """`body` cut into pieces of 1-3 bytes: what a client streaming a file may send, the first one under 8."""
+    out, i = [], 0
+    while i < len(body):
+        size = sizes[len(out) % len(sizes)]
+        out.append(body[i : i + size])
+        i += size
+    return out
+
+
+@pytest.mark.parametrize("kind", ["npy", None])  # None: application/octet-stream, told apart by its magic
+def test_upload_head_checks_a_body_cut_anywhere(kind: str | None) -> None:
+    clean = np.random.default_rng(64).standard_normal((20, 3)).astype("<f4")
+    head = formats.UploadHead(kind, dim=3)
+    for piece in _pieces(npy_bytes(clean)):
+        head.feed(piece)
+    assert head.finish() == "npy" and head.values is not None and head.values.values == 60
+    dirty = clean.copy()
+    dirty[7, 2] = np.nan
+    head = formats.UploadHead(kind, dim=3)
+    with pytest.raises(InvalidInput) as bad:
+        for piece in _pieces(npy_bytes(dirty)):
+            head.feed(piece)
+    assert bad.value.field == "vectors[7]"
+    if kind is None:
+        parquet = formats.UploadHead(None, dim=3)
+        for piece in _pieces(parquet_bytes(pa.table({"vector": [[1.0, 2, 3]]}))):
+            parquet.feed(piece)
+        assert parquet.finish() == "parquet" and parquet.values is None
+
+
 def test_parquet_footer_alone_gives_the_schema() -> None:
     table = pa.table({"id": ["a", "b"], "vector": [[1.0, 2.0], [3.0, 4.0]], "tag": ["x", None]})
     data = parquet_bytes(table)
@@ -160,6 +192,44 @@ def test_npy_float64_generated_ids_and_wait(api: httpx.Client, make_collection) 
     ids = resp.json()["ids"]
     assert len(ids) == 300 == len(set(ids)) and resp.json()["count"] == 300
     assert ids_of(search(api, name, data[[7, 250]], k=1)) == [[ids[7]], [ids[250]]]
+
+
+def _post_in_pieces(url: str, path: str, body: bytes, slow_bytes: int = 200) -> httpx.Response:
+    """POST `body` as application/octet-stream in chunks of 1-3 bytes. The first `slow_bytes` go one chunk at a
+    time with a pause after each, so that the API reads them as separate pieces (the magic and the .npy header
+    arrive split), the rest as fast as they go."""
+    async def chunks() -> AsyncIterator[bytes]:
+        sent = 0
+        for piece in _pieces(body):
+            yield piece
+            sent += len(piece)
+            if sent <= slow_bytes:
+                await asyncio.sleep(0.003)
+
+    async def go() -> httpx.Response:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            return await client.post(path, params={"wait": 60}, content=chunks(),
+                                     headers={"content-type": "application/octet-stream"})
+
+    return asyncio.run(go())
+
+
+def test_npy_in_chunks_of_a_few_bytes(api: httpx.Client, make_collection, r: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    """Issue 16, item 10: the kind, the header and the values of an octet-stream .npy are checked at the right
+    offsets whatever the chunk boundaries: valid data is accepted and counted, a NaN refused, nothing stored."""
+    name = make_collection(dim=3)
+    data = np.random.default_rng(65).standard_normal((200, 3)).astype("<f4")
+    resp = _post_in_pieces(str(api.base_url), f"/v1/collections/{name}/vectors", npy_bytes(data))
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["count"] == 200 and count(api, name) == 200
+    assert ids_of(search(api, name, data[[5]], k=1)) == [[resp.json()["ids"][5]]]
+    before = frozenset(blob_keys(r))
+    data[150, 1] = np.nan
+    bad = _post_in_pieces(str(api.base_url), f"/v1/collections/{name}/vectors", npy_bytes(data))
+    assert bad.status_code == 422, bad.text
+    assert bad.json()["error"]["field"] == "vectors[150]"
+    assert count(api, name) == 200
+    assert blobs_gone(r, before), "a rejected upload leaves no blob behind"
 
 
 def test_parquet_with_metadata_through_the_api(api: httpx.Client, make_collection) -> None:  # type: ignore[no-untyped-def]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import re
+import signal
 import threading
 import time
 import uuid
@@ -277,3 +279,120 @@ def test_a_shown_member_ends_up_finished_whichever_script_runs_first(r: redis.Re
     assert (job["status"], job["type"], job["collection"], job["result"]) == ("succeeded", "search", "c", result)
     assert jobs.scope_of(raw) == "s" and 500 < r.ttl(keys.job(job_id)) <= 600
     assert 0 < r.ttl(keys.batch_outcomes(batch_id)) <= 60
+
+
+# Issue 16: what no client, lost message or lost worker may do to an API process ---------------------------------
+
+
+def _metric(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith(f"{name} "))
+
+
+def test_read_your_writes_searches_leave_no_lane_behind(api: httpx.Client, make_collection) -> None:  # type: ignore[no-untyped-def]
+    """Item 1: every search with its own min_lsn (a client reading its own writes) is a lane of its own. Once
+    answered, the lanes go; before, each stayed, and 3,300 of them grew the API by 95 MB."""
+    name = make_collection(dim=4)
+    add(api, name, np.eye(4), ids=["a", "b", "c", "d"])
+    url = str(api.base_url)
+    for burst in range(3):
+        bodies: list[dict[str, object]] = [{"vector": [1, 0, 0, 0], "k": 1, "consistency": "session",
+                                            "min_lsn": f"1-{burst * 100 + i}"} for i in range(100)]
+        responses = _searches(url, name, bodies)
+        assert {resp.status_code for resp in responses} == {200}
+        assert {resp.json()["results"][0][0]["id"] for resp in responses} == {"a"}
+    deadline = time.monotonic() + 5
+    while (lanes := _metric(url, "vecq_search_lanes")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lanes == 0 and _metric(url, "vecq_search_pending") == 0
+
+
+def test_a_batch_reply_lost_with_the_subscription_still_answers_at_once(stack: Stack, api: httpx.Client,  # type: ignore[no-untyped-def]
+                                                                         r: redis.Redis, make_collection) -> None:
+    """Item 6: a batch's one message is lost when the API's subscription drops as it is published. Here Redis
+    drops it for the message itself: larger than the pub/sub output buffer limit (32 MB by default, which a big
+    batch with include_vectors passes; 1 KB here). The member has no record to find, but its batch's outcomes
+    are kept: it answers 200 with its hits as soon as the listener is back, not a 202 once its wait has run out."""
+    name = make_collection(dim=64)
+    data = np.random.default_rng(16).standard_normal((200, 64))
+    add(api, name, data, ids=[f"v{i}" for i in range(200)])
+    drops = log_of(stack, "api").count(LOST_SUBSCRIPTION)
+    limit = r.config_get("client-output-buffer-limit")["client-output-buffer-limit"]
+    r.config_set("client-output-buffer-limit", "pubsub 1024 0 0")  # only the reply list counts: 16 KB fit anyway
+    try:
+        started = time.monotonic()
+        resp = api.post(f"/v1/collections/{name}/search", params={"wait": 8},
+                        json={"vector": data[3].tolist(), "k": 50, "include_vectors": True})  # a 67 KB message
+        elapsed = time.monotonic() - started
+    finally:
+        r.config_set("client-output-buffer-limit", limit)
+    assert resp.status_code == 200, resp.text
+    hits = resp.json()["results"][0]
+    assert hits[0]["id"] == "v3" and len(hits) == 50 and len(hits[0]["vector"]) == 64
+    assert elapsed < 4, elapsed  # the listener's reconnection, not the 8 s wait
+    assert log_of(stack, "api").count(LOST_SUBSCRIPTION) > drops  # the message was lost: Redis closed the subscription
+    assert api.post(f"/v1/collections/{name}/search", json={"vector": data[4].tolist(), "k": 1}).status_code == 200
+
+
+LOST_SUBSCRIPTION = "job listener lost its subscription"
+
+
+def test_a_batch_lost_with_its_worker_frees_its_slot_and_the_lane_stays_bounded(new_stack) -> None:  # type: ignore[no-untyped-def]
+    """Items 7 and 1: a worker dies whole (main process and pool child: a host lost, an OOM kill of the group)
+    while it runs a batch. Its message stays unacked until Celery's visibility timeout (40 minutes), so the batch
+    never comes back. (A pool child killed alone is no such loss: Celery requeues its job at once.) The lane's one
+    slot is given back once the batch's member has had its 202 (and MIN_SLOT_HOLD_S has passed), not after
+    BATCH_DONE_TIMEOUT_S; meanwhile wait=0 searches beyond VECQ_COALESCE_MAX_PENDING get 429 + Retry-After
+    instead of queueing without bound."""
+    stack: Stack = new_stack(workers=1, env={"VECQ_COALESCE_MAX_INFLIGHT": "1", "VECQ_COALESCE_MAX_PENDING": "4"})
+    url = stack.api_url or ""
+    r = redis.Redis.from_url(stack.redis_url or "")
+    # HNSW: the worker's first search replays every add into its index (about a second here), so the batch
+    # is still running when the worker is killed.
+    _create(url, "lost", 16, index="HNSW32")
+    data = np.random.default_rng(17).standard_normal((20_000, 16)).astype("<f4")
+    buf = io.BytesIO()
+    np.save(buf, data)
+    with httpx.Client(base_url=url, timeout=60) as client:
+        added = client.post("/v1/collections/lost/vectors", params={"wait": 120, "id_prefix": "v"},
+                            content=buf.getvalue(), headers={"content-type": "application/x-npy"})
+        assert added.status_code == 200, added.text
+        first: list[httpx.Response] = []
+        searching = threading.Thread(target=lambda: first.append(client.post(
+            "/v1/collections/lost/search", params={"wait": 2}, json={"vector": data[0].tolist()})))
+        searching.start()
+        deadline = time.monotonic() + 30
+        while not any(r.scan_iter(match="vecq:delivery:*")):  # the worker has taken the batch
+            assert time.monotonic() < deadline, "the batch was never taken"
+            time.sleep(0.002)
+        stack.workers[0].signal(signal.SIGKILL)  # the whole process group
+        assert not any(r.scan_iter(match="vecq:batch:*")), "the batch ended before the kill: nothing was proven"
+
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=url, timeout=15) as ac:
+                return list(await asyncio.gather(*[ac.post("/v1/collections/lost/search", params={"wait": 0},
+                                                           json={"vector": data[i].tolist()}) for i in range(10)]))
+
+        burst_started = time.monotonic()
+        responses = asyncio.run(burst())
+        refused = [resp for resp in responses if resp.status_code == 429]
+        assert sorted(resp.status_code for resp in responses) == [202] * 4 + [429] * 6, responses
+        assert all(resp.headers["retry-after"] == "1" and resp.json()["error"]["code"] == "too_many_requests"
+                   for resp in refused)
+        # The four queued left once the lost batch gave its slot back: MIN_SLOT_HOLD_S (5 s) after it was sent.
+        queued = time.monotonic() - burst_started
+        assert queued < 10, queued
+
+        stack.start_worker(2)
+        started = time.monotonic()
+        second = client.post("/v1/collections/lost/search", params={"wait": 20},
+                             json={"vector": data[5].tolist(), "k": 1})
+        assert second.status_code == 200, second.text  # not stuck behind the lost batch's slot
+        assert second.json()["results"][0][0]["id"] == "v5" and time.monotonic() - started < 15
+        searching.join(30)
+        assert first[0].status_code == 202 and first[0].json()["status"] == "queued"  # lost: it runs when redelivered
+        for resp in responses:
+            if resp.status_code == 202:
+                job = wait_job(client, resp.json()["job_id"], timeout=30)
+                assert job["status"] == "succeeded", job
+    r.close()

@@ -18,7 +18,8 @@ router = APIRouter(tags=["operations"])
 async def prometheus_metrics(request: Request, r: RedisDep, settings: SettingsDep) -> Response:
     """Prometheus exposition. Open like /healthz: expose it to the monitoring network only."""
     snap = await ops.take(r, settings)
-    return Response(metrics.render(request.app.state.metrics_registry, snap), media_type=metrics.CONTENT_TYPE)
+    return Response(metrics.render(request.app.state.metrics_registry, snap, request.app.state.searcher),
+                    media_type=metrics.CONTENT_TYPE)
 
 
 @router.get("/v1/workers", responses=error_responses(401, 503))

@@ -29,12 +29,13 @@ def query_matrix(body: SearchRequest, dim: int, max_queries: int) -> Any:
 
 
 @router.post("/search", response_model=SearchResponse, response_model_exclude_unset=True,
-             responses={202: {"model": JobAccepted}})
+             responses={202: {"model": JobAccepted}, **error_responses(429)})
 async def search(name: CollectionName, body: SearchRequest, request: Request, catalog: CatalogDep,
                  principal: PrincipalDep, settings: SettingsDep,
                  wait: Annotated[float | None, Query(ge=0, le=300)] = None) -> Any:
     """Search one or many query vectors. Waits up to `wait` seconds (default 30) for the hits; 202 with
-    the job link if they are not ready by then (the job goes on and stays fetchable)."""
+    the job link if they are not ready by then (the job goes on and stays fetchable). 429 with Retry-After
+    when too many searches like this one already wait for a batch in this API process."""
     principal.require(name, write=False)
     col = await catalog.get(name)
     if body.k > settings.max_k:

@@ -126,44 +126,30 @@ async def upload(request: Request, r: RedisDep, col: Collection, dispatcher: Dis
     if declared.isdigit() and int(declared) > settings.max_upload_bytes:
         raise TooLarge(f"upload of {declared} bytes is larger than {settings.max_upload_bytes}", "body")
     writer = blobs.AsyncWriter(r, ttl=settings.blob_ttl_s)
-    head = bytearray()  # the first bytes: magic and .npy header
+    head = formats.UploadHead(kind, col.dim)  # the kind, and a .npy's header and values, checked as they pass
     tail = b""  # the last 8 bytes: Parquet's footer length and magic
-    values: formats.NpyValues | None = None  # checks .npy values as they pass
-    early: list[bytes] = []  # what came before the .npy header was complete
     try:
         async for chunk in request.stream():
             if not chunk:
                 continue
             if writer.size + len(chunk) > settings.max_upload_bytes:
                 raise TooLarge(f"upload larger than {settings.max_upload_bytes} bytes", "body")
-            if values is not None:
-                values.feed(chunk)
-            elif len(head) < formats.NPY_HEAD_MAX:
-                head += chunk[: formats.NPY_HEAD_MAX - len(head)]
-                if kind is None and len(head) >= 8:
-                    kind = formats.sniff(bytes(head[:8]))
-                if kind == "npy":  # refuse a wrong dtype or dimension before the rest arrives
-                    early.append(chunk)
-                    layout = formats.npy_layout(bytes(head), complete=False)
-                    if layout is not None:
-                        formats.check_npy(layout, col.dim)
-                        values = formats.NpyValues(layout)
-                        values.feed(b"".join(early))
-                        early.clear()
+            head.feed(chunk)
             tail = (tail + chunk[-8:])[-8:]
             await writer.write(chunk)
-        kind = kind or formats.sniff(bytes(head[:8]))
+        kind = head.finish()
         if writer.size == 0:
             raise InvalidInput("upload is empty", "body")
         if kind == "npy":
-            layout = values.layout if values is not None else formats.npy_layout(bytes(head), complete=True)
+            values = head.values
+            layout = values.layout if values is not None else formats.npy_layout(bytes(head.head), complete=True)
             assert layout is not None
             formats.check_npy(layout, col.dim, writer.size)
             rows = layout.rows
             attrs: dict[str, str | int] = {"format": "npy", "offset": layout.offset, "dtype": layout.dtype.str,
                                            "rows": rows, "cols": layout.cols, "values_checked": int(values is not None)}
         elif kind == "parquet":
-            if not head.startswith(formats.PARQUET_MAGIC):
+            if not head.head.startswith(formats.PARQUET_MAGIC):
                 raise InvalidInput("is not a Parquet file (no PAR1 magic at the start)", "body")
             length = formats.parquet_footer_length(tail, writer.size)
             await writer.finish()
