@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -72,6 +73,15 @@ def _stop(proc: subprocess.Popen[bytes]) -> set[int]:
     return {p for p in started if _alive(p)}
 
 
+def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """After a failed step: nothing of this `vecq up` may outlive the test (its Redis, workers, API)."""
+    if proc.poll() is None:
+        for pid in _descendants(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.kill()
+
+
 def test_vecq_up_ready_then_clean_stop_then_data_survives(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -87,8 +97,7 @@ def test_vecq_up_ready_then_clean_stop_then_data_survives(tmp_path: Path) -> Non
         leftovers = _stop(proc)
         assert not leftovers, f"processes left after Ctrl-C: {leftovers}"
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _kill_tree(proc)
     # the write was acknowledged before the stop: Redis fsyncs its AOF when it shuts down on SIGTERM
     proc = _up(tmp_path, port)
     try:
@@ -98,5 +107,4 @@ def test_vecq_up_ready_then_clean_stop_then_data_survives(tmp_path: Path) -> Non
             assert ids_of(search(api, "kept", [[1, 0.1]], k=1)) == [["b"]]
         assert not _stop(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _kill_tree(proc)
