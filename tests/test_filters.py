@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import operator
 import random
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -566,3 +568,32 @@ def test_always_matches() -> None:
     for raw in [{"a": {"$ne": 1}}, {"a": {"$exists": False}}, {"$or": [{"a": 1}, {"a": {"$ne": 2}}]}]:
         assert not filters.always_matches(filters.parse(raw)), raw
 
+
+# ------------------------------------------------------------------------------------ docs/filters.md
+
+DOC = (Path(__file__).resolve().parent.parent / "docs" / "filters.md").read_text()
+ROW = re.compile(r"^\| `(\{.*\})` \| (.+?) \|(?: (.+) \|)?$", re.MULTILINE)
+
+
+def test_docs_examples_table_is_true() -> None:
+    docs = {row["id"]: row["metadata"] for row in map(json.loads, re.findall(r'^\{"id".*\}$', DOC, re.MULTILINE))}
+    assert len(docs) == 4
+    section = DOC[DOC.index("Examples, for these documents"):DOC.index("## Limits")]
+    rows = ROW.findall(section)
+    assert len(rows) >= 12
+    for raw, names, _ in rows:
+        names = names.split(" (")[0]
+        expected = set() if names == "none" else set(names.split(", "))
+        f = filters.parse(json.loads(raw))
+        assert {name for name, doc in docs.items() if filters.matches(f, doc)} == expected, raw
+
+
+def test_docs_errors_table_is_true() -> None:
+    section = DOC[DOC.index("## Errors"):DOC.index("## Canonical form")]
+    rows = ROW.findall(section)
+    assert len(rows) >= 8
+    for raw, field, message in rows:
+        with pytest.raises(InvalidInput) as info:
+            filters.parse(json.loads(raw))
+        assert info.value.field == field.strip("`")
+        assert info.value.message.startswith(message.strip("`").split("…")[0].rstrip()), raw
