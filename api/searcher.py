@@ -44,7 +44,7 @@ import redis.exceptions
 
 from api.dispatch import Dispatcher, Pending, RawResult, new_job_id, result_of
 from api.waiter import Outcome, Recheck
-from common import codec, jobs
+from common import codec, filters, jobs
 from common.celery_app import SEARCH
 from common.collections import Collection
 from common.errors import TooManyRequests
@@ -64,7 +64,14 @@ HOLD_MARGIN_S = 30.0
 def search_kwargs(col: Collection, queries: np.ndarray, body: SearchRequest) -> dict[str, Any]:
     return {"collection": col.name, "uid": col.uid, "vectors_b64": codec.encode_vectors(queries), "k": body.k,
             "params": body.params.as_dict() if body.params else {}, "include_metadata": body.include_metadata,
-            "include_vectors": body.include_vectors, "consistency": body.consistency, "min_lsn": body.min_lsn}
+            "include_vectors": body.include_vectors, "consistency": body.consistency, "min_lsn": body.min_lsn,
+            "filter": filter_text(body), "offset": body.offset, "score_threshold": body.score_threshold}
+
+
+def filter_text(body: SearchRequest) -> str | None:
+    """The request's filter in canonical form: one lane per filter (a batch is searched with one), and the text
+    the worker parses again (the API already refused a malformed one)."""
+    return filters.canonical(filters.parse(body.filter)) if body.filter else None
 
 
 @dataclass
@@ -87,8 +94,13 @@ class Entry:
         return self.sent is None
 
     def member(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "n": len(self.queries), "k": self.body.k,
-                "include_metadata": self.body.include_metadata, "include_vectors": self.body.include_vectors}
+        member = {"job_id": self.job_id, "n": len(self.queries), "k": self.body.k,
+                  "include_metadata": self.body.include_metadata, "include_vectors": self.body.include_vectors}
+        if self.body.offset:
+            member["offset"] = self.body.offset
+        if self.body.score_threshold is not None:
+            member["score_threshold"] = self.body.score_threshold
+        return member
 
 
 @dataclass
@@ -147,7 +159,7 @@ def lane_key(col: Collection, body: SearchRequest) -> Hashable:
     params = tuple(sorted(body.params.as_dict().items())) if body.params else ()
     # min_lsn means something only to a session search: strong and eventual ones share a lane whatever they send.
     min_lsn = body.min_lsn if body.consistency == "session" else None
-    return (col.name, col.uid, body.consistency, min_lsn, params)
+    return (col.name, col.uid, body.consistency, min_lsn, params, filter_text(body))
 
 
 class Searcher:

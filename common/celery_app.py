@@ -17,6 +17,7 @@ CREATE_COLLECTION = "vecq.create_collection"
 INGEST = "vecq.ingest"
 SEAL = "vecq.seal"
 COMPACT = "vecq.compact"
+COUNT = "vecq.count"
 PURGE = "vecq.purge"
 POISON = "vecq.test.poison"
 

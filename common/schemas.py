@@ -74,8 +74,28 @@ class AddVectors(Body):
     metadata: list[dict[str, Any] | None] | None = None
 
 
+FILTER_DOC = ("Only vectors whose metadata matches (docs/filters.md): {\"lang\": \"en\"}, $eq $ne $gt $gte $lt $lte "
+              "$in $nin $exists on fields (dotted paths for nested objects), $and $or $not.")
+FilterBody = Annotated[dict[str, Any] | None, Field(
+    description=FILTER_DOC,
+    json_schema_extra={"examples": [{"lang": "en"}, {"year": {"$gte": 2020}, "tags": {"$in": ["ml", "ir"]}},
+                                    {"$or": [{"lang": "en"}, {"draft": {"$exists": False}}]}]})]
+
+
 class DeleteVectors(Body):
-    ids: Annotated[list[VectorId], Field(min_length=1)]
+    ids: Annotated[list[VectorId], Field(min_length=1)] | None = None
+    filter: FilterBody = None
+
+
+class CountRequest(Body):
+    filter: FilterBody = None
+    consistency: Literal["strong", "session", "eventual"] = "strong"
+    min_lsn: Lsn | None = None
+
+
+class CountOut(BaseModel):
+    count: int
+    lsn: str
 
 
 class SearchParams(Body):
@@ -95,6 +115,12 @@ class SearchRequest(Body):
     include_vectors: StrictBool = False
     consistency: Literal["strong", "session", "eventual"] = "strong"
     min_lsn: Lsn | None = None
+    filter: FilterBody = None
+    score_threshold: Annotated[float, Field(allow_inf_nan=False, description=(
+        "Only hits at least this close: score <= it for l2, >= it for ip and cosine (fewer than k if so)."
+    ))] | None = None
+    offset: Annotated[int, Field(strict=True, ge=0, description="Skip the best `offset` hits (paging; "
+                                 "k + offset <= VECQ_MAX_K_WITH_OFFSET).")] = 0
 
 
 class Hit(BaseModel):
@@ -109,6 +135,9 @@ class SearchResponse(BaseModel):
     lsn: str
     took_ms: float
     worker: str | None = None
+    plan: Literal["index", "exact", "empty"] | None = Field(None, description=(
+        "How the hits were found: through the index, by scoring a filter's matching rows one by one (few matched, "
+        "or the index found fewer than k of them), or not at all (the filter can match nothing)."))
 
 
 class VectorOut(BaseModel):

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     # Limits
     max_dim: int = Field(4096, ge=1, description="Largest collection dimension.")
     max_k: int = Field(1000, ge=1, description="Largest k of a search.")
+    max_k_with_offset: int = Field(10_000, ge=1, description="Largest k + offset of a search (paging).")
+    filter_exact_below: int = Field(
+        20_000, ge=0, description="A filtered search on an approximate index (HNSW, IVF, ...) scores the matching "
+        "rows of a segment one by one when fewer than this match (exact, and never short of k hits)."
+    )
     max_query_vectors: int = Field(1000, ge=1, description="Query vectors per search request.")
     max_vectors_per_request: int = Field(10_000, ge=1, description="Vectors per JSON add request.")
     max_id_length: int = Field(256, ge=1, description="Longest vector id (characters).")

@@ -1,9 +1,10 @@
 """The write-ahead log: one Redis Stream per collection, and the Redis-side state written with it.
 
-Owns, per collection (name, uid): the stream `wal`, the `docs` hash (live id -> metadata JSON, so HLEN is the
-live count), the `dedup` hash (job:chunk -> LSN) and the `trim` mark. Every write is one Lua script, so the
-stream entry and the docs change land together or not at all, and a redelivered job finds its LSN in `dedup`
-instead of appending twice. The stream entry id is the write's LSN.
+Owns, per collection (name, uid): the stream `wal` (an add entry carries its rows' ids, vectors and metadata,
+so a worker's rows, filters and returned metadata are all those of the LSN it searched), the `docs` hash (the
+live ids, so HLEN is the live count), the `dedup` hash (job:chunk -> LSN) and the `trim` mark. Every write is
+one Lua script, so the stream entry and the docs change land together or not at all, and a redelivered job
+finds its LSN in `dedup` instead of appending twice. The stream entry id is the write's LSN.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Entry:
     ids: list[str]
     vectors: bytes  # float32 rows for "add", empty for "del"
     job: str
+    metadata: list[str | None] | None = None  # per row of an "add": a JSON object's text, or None
 
 
 _APPEND_ADD = """
@@ -38,8 +40,9 @@ if redis.call('HGET', KEYS[4], 'uid') ~= ARGV[2] then return {'gone', ''} end
 local seen = redis.call('HGET', KEYS[3], ARGV[1])
 if seen then return {'dup', seen} end
 local ids = cjson.decode(ARGV[3])
-local lsn = redis.call('XADD', KEYS[1], '*', 'op', 'add', 'job', ARGV[1], 'ids', ARGV[3], 'vec', ARGV[4])
-for i, id in ipairs(ids) do redis.call('HSET', KEYS[2], id, ARGV[4 + i]) end
+local lsn = redis.call('XADD', KEYS[1], '*', 'op', 'add', 'job', ARGV[1], 'ids', ARGV[3], 'vec', ARGV[4],
+                       'meta', ARGV[5])
+for _, id in ipairs(ids) do redis.call('HSET', KEYS[2], id, '') end
 redis.call('HSET', KEYS[3], ARGV[1], lsn)
 return {'ok', lsn}
 """
@@ -82,7 +85,7 @@ def append_add(r: redis.Redis, col: Collection, write_id: str, ids: Sequence[str
                metadata: Sequence[str | None]) -> Lsn:
     """Append one chunk of upserts. `write_id` (job:chunk) makes the append happen at most once."""
     reply = r.register_script(_APPEND_ADD)(keys=_keys(col), args=[
-        write_id, col.uid, json.dumps(list(ids)), vectors, *[m if m is not None else "" for m in metadata]])
+        write_id, col.uid, json.dumps(list(ids)), vectors, json.dumps(list(metadata))])
     if _s(reply[0]) == "gone":
         raise NotFound(f"collection {col.name!r} was deleted", "name")
     return _s(reply[1])
@@ -105,7 +108,8 @@ def queue_tail(pipe: Pipeline, col: Collection, after: Lsn, count: int) -> None:
 
 def parse_tail(trimmed: Any, raw: Any) -> tuple[Lsn, list[Entry]]:
     entries = [
-        Entry(lsn=_s(lsn), op=_s(f[b"op"]), ids=json.loads(f[b"ids"]), vectors=f[b"vec"], job=_s(f[b"job"]))
+        Entry(lsn=_s(lsn), op=_s(f[b"op"]), ids=json.loads(f[b"ids"]), vectors=f[b"vec"], job=_s(f[b"job"]),
+              metadata=json.loads(f[b"meta"]) if f.get(b"meta") else None)
         for lsn, f in raw
     ]
     return (_s(trimmed) if trimmed else ZERO_LSN), entries
@@ -134,13 +138,6 @@ def last_lsn(r: redis.Redis, col: Collection) -> Lsn:
 
 def count(r: redis.Redis, col: Collection) -> int:
     return int(r.hlen(keys.docs(col.name, col.uid)))
-
-
-def metadata(r: redis.Redis, col: Collection, ids: Sequence[str]) -> list[dict | None]:
-    if not ids:
-        return []
-    raw = r.hmget(keys.docs(col.name, col.uid), list(ids))
-    return [json.loads(m) if m else None for m in raw]
 
 
 _TRIM = """

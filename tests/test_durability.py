@@ -486,7 +486,7 @@ def test_segment_files_survive_a_writer_killed_half_way(tmp_path: Path) -> None:
     from worker.segment_files import SegmentRows
 
     col = new_collection("unit", 4, "l2", "Flat")
-    rows = SegmentRows(["a", "b", "c"], np.eye(3, 4, dtype=np.float32), ["gone"])
+    rows = SegmentRows(["a", "b", "c"], np.eye(3, 4, dtype=np.float32), ["gone"], ['{"k":1}', None, None])
     listed, size = segment_files.write(tmp_path, col, "0001-listed", build(factory(4, "l2", "Flat"), rows.vectors),
                                        rows)
     assert size > 0 and (listed / "segment.json").exists()

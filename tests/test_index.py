@@ -31,10 +31,10 @@ def _seal(store: Path, copy: CollectionCopy, log: list[Entry]) -> CollectionCopy
     """What the seal job does, without Redis: the growing part becomes a segment; the copy reopens and replays
     the log after it."""
     col, manifest = copy.col, copy.manifest
-    ids, vectors = copy.growing.live_rows()
+    ids, vectors, metadata = copy.growing.live_rows()
     tmpl = sealing.template(store, col, copy, manifest, vectors, 1000)
     assert tmpl is not None
-    info = sealing.write_segment(store, col, tmpl, SegmentRows(ids, vectors, sorted(copy.growing.deleted)),
+    info = sealing.write_segment(store, col, tmpl, SegmentRows(ids, vectors, sorted(copy.growing.deleted), metadata),
                                  manifest.sealed_lsn, copy.applied)
     new = Manifest(gen=manifest.gen + 1, sealed_lsn=copy.applied, segments=(*manifest.segments, info),
                    trained=tmpl.name, trained_rows=tmpl.rows)
@@ -118,14 +118,17 @@ def test_compaction_keeps_every_live_row_and_drops_the_dead(tmp_path: Path) -> N
     copy = _seal(tmp_path, copy, [])
     assert copy.sealed[0].dead_count == 51 and sealing.compaction_due(copy, 8, 0.2)
     ids: list[str] = []
+    metadata: list[str | None] = []
     parts = []
     for segment in copy.sealed:
         live = np.flatnonzero(~segment.dead)
         ids += [segment.ids()[i] for i in live.tolist()]
+        metadata += [segment.metadata_at(i) for i in live.tolist()]
         parts.append(segment.vectors(live))
     tmpl = sealing.template(tmp_path, col, copy, copy.manifest, np.concatenate(parts), 1000)
     assert tmpl is not None
-    info = sealing.write_segment(tmp_path, col, tmpl, SegmentRows(ids, np.concatenate(parts), []), "0-0", "3-0")
+    info = sealing.write_segment(tmp_path, col, tmpl, SegmentRows(ids, np.concatenate(parts), [], metadata),
+                                 "0-0", "3-0")
     merged = CollectionCopy.open(tmp_path, col, Manifest(gen=9, sealed_lsn="3-0", segments=(info,)))
     assert merged.count == copy.count == 99 and merged.sealed[0].dead_count == 0
     queries = rng.standard_normal((5, 8)).astype(np.float32)

@@ -8,20 +8,22 @@ the same ids and scores.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common import filters
 from common.codec import ZERO_LSN, Lsn, lsn_at_least, normalized
 from common.collections import Collection
 from common.errors import InvalidInput
 from common.segments import Manifest
 from common.wal import Entry
-from worker import segment_files
+from worker import payload, segment_files
 from worker.index import SpecKind, check_params, spec_kind
-from worker.segment import GrowingSegment, SealedSegment, merge
+from worker.segment import GrowingSegment, SealedSegment, Segment, merge
 
 Location = tuple[int, int]  # (segment number, the growing one last; row)
 
@@ -62,7 +64,8 @@ class CollectionCopy:
             return  # in a segment already
         if entry.op == "add":
             self._bury(entry.ids)
-            self.growing.add(entry.ids, np.frombuffer(entry.vectors, dtype="<f4").reshape(-1, self.col.dim))
+            self.growing.add(entry.ids, np.frombuffer(entry.vectors, dtype="<f4").reshape(-1, self.col.dim),
+                             entry.metadata)
         elif entry.op == "del":
             self._bury(entry.ids)
             self.growing.deleted.update(entry.ids)
@@ -89,9 +92,39 @@ class CollectionCopy:
                 return i, found
         return None
 
+    def _segment(self, loc: Location) -> Segment:
+        return self.growing if loc[0] == len(self.sealed) else self.sealed[loc[0]]
+
     def vector(self, loc: Location) -> list[float]:
-        segment = self.growing if loc[0] == len(self.sealed) else self.sealed[loc[0]]
-        return segment.vectors(np.array([loc[1]], dtype=np.int64))[0].tolist()
+        return self._segment(loc).vectors(np.array([loc[1]], dtype=np.int64))[0].tolist()
+
+    def metadata(self, loc: Location) -> dict[str, Any] | None:
+        """The metadata written with the row's vector: the same write, at the LSN this copy searched."""
+        text = self._segment(loc).metadata_at(loc[1])
+        return json.loads(text) if text else None
+
+    def masks(self, f: filters.Filter | None) -> list[np.ndarray | None]:
+        """Per segment (the growing one last), the rows `f` matches; None for no filter."""
+        if f is None:
+            return [None] * (len(self.sealed) + 1)
+        segments: list[Segment] = [*self.sealed, self.growing]
+        return [payload.mask(f, s.payload, s.rows) for s in segments]
+
+    def count_matching(self, f: filters.Filter | None) -> int:
+        if f is None:
+            return self.count
+        return sum(int((m & s.live_mask()).sum()) for s, m in zip([*self.sealed, self.growing], self.masks(f),
+                                                                   strict=True) if m is not None)
+
+    def matching_ids(self, f: filters.Filter) -> list[str]:
+        """The live ids `f` matches, in log order (a delete by filter)."""
+        out: list[str] = []
+        for i, (s, m) in enumerate(zip([*self.sealed, self.growing], self.masks(f), strict=True)):
+            rows = np.flatnonzero(m & s.live_mask()) if m is not None else np.zeros(0, np.int64)
+            growing = i == len(self.sealed)
+            out.extend(self.growing.ids[r] if growing else self.sealed[i].id_at(r)  # type: ignore[misc]
+                       for r in rows.tolist())
+        return out
 
     def prepare_queries(self, queries: np.ndarray) -> np.ndarray:
         if queries.shape[1] != self.col.dim:
@@ -99,12 +132,22 @@ class CollectionCopy:
         return normalized(queries) if self.col.metric == "cosine" else np.ascontiguousarray(queries)
 
     def search(self, queries: np.ndarray, k: int, params: dict[str, Any]) -> list[list[tuple[str, float, Location]]]:
-        """Best-first (id, score, location) per query over every segment; never a dead row."""
+        return self.find(queries, k, params)[0]
+
+    def find(self, queries: np.ndarray, k: int, params: dict[str, Any], f: filters.Filter | None = None,
+             exact_below: int = 0) -> tuple[list[list[tuple[str, float, Location]]], str]:
+        """Best-first (id, score, location) per query over every segment, among the rows `f` matches; never a
+        dead row. And the plan: "exact" if some segment scored its matching rows one by one (fewer than
+        `exact_below` matched, or its index found fewer than k of them), else "index"."""
         q = self.prepare_queries(queries)
         checked = check_params(self.kind, params)
         if self.count == 0:
-            return [[] for _ in range(len(q))]
-        parts = [s.search(q, k, checked) for s in self.sealed] + [self.growing.search(q, k, {})]
+            return [[] for _ in range(len(q))], "index"
+        masks = self.masks(f)
+        results = [s.search(q, k, checked, m, exact_below) for s, m in zip(self.sealed, masks, strict=False)]
+        results.append(self.growing.search(q, k, {}, masks[-1]))
+        parts = [c for c, _ in results]
+        plan = "exact" if any(exact for _, exact in results) else "index"
         scores, segs, rows = merge(parts, k, larger_is_closer=self.col.metric != "l2")
         out: list[list[tuple[str, float, Location]]] = []
         growing = len(self.sealed)
@@ -117,7 +160,7 @@ class CollectionCopy:
                 if vid is not None:
                     hits.append((vid, score, (seg, row)))
             out.append(hits)
-        return out
+        return out, plan
 
     def mark_caught_up(self) -> None:
         self.caught_up_at = time.monotonic()

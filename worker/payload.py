@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,38 +21,24 @@ import numpy as np
 
 from common import filters
 
-Typed = tuple[str, Any]  # ("s", "en") | ("n", 2020.0) | ("b", True)
-TYPES = ("s", "n", "b")
+Kind = int  # filters.value_key's kinds: 0 bool, 1 number, 2 string
+KINDS: tuple[Kind, ...] = (0, 1, 2)
 
 
-def typed(value: Any) -> Typed | None:
-    """A scalar's key in the indexes: numbers compare by value (1 == 1.0), bools are never numbers."""
-    if isinstance(value, bool):
-        return ("b", value)
-    if isinstance(value, int | float):
-        return ("n", float(value))
-    if isinstance(value, str):
-        return ("s", value)
-    return None
-
-
-def scalars(doc: Any, prefix: str = "") -> Iterator[tuple[str, Typed]]:
-    """Every (dotted path, typed scalar) a metadata document holds; a list yields its scalar elements."""
+def scalars(doc: Any, prefix: str = "") -> Iterator[tuple[str, filters.ValueKey]]:
+    """Every (dotted path, value key) a metadata document holds: exactly the values filters.values_at finds at
+    each path (a list gives its scalar elements, a list of objects is traversed, nested lists give nothing)."""
     if not isinstance(doc, dict):
         return
     for key, value in doc.items():
+        if "." in key:  # a dotted path cannot reach it
+            continue
         path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            yield from scalars(value, f"{path}.")
-        elif isinstance(value, list):
-            for item in value:
-                t = typed(item)
-                if t is not None:
-                    yield path, t
-        else:
-            t = typed(value)
-            if t is not None:
-                yield path, t
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                yield from scalars(item, f"{path}.")
+            elif isinstance(item, str | int | float) and not (isinstance(item, float) and math.isnan(item)):
+                yield path, filters.value_key(item)
 
 
 class Groups:
@@ -70,26 +57,26 @@ class Groups:
         return self.rows_in(i, i + 1) if i < len(self.values) and self.values[i] == value else self.rows_in(0, 0)
 
     def between(self, op: str, value: Any) -> np.ndarray:
-        if op == "$gt":
+        if op == "gt":
             return self.rows_in(bisect.bisect_right(self.values, value), len(self.values))
-        if op == "$gte":
+        if op == "gte":
             return self.rows_in(bisect.bisect_left(self.values, value), len(self.values))
-        if op == "$lt":
+        if op == "lt":
             return self.rows_in(0, bisect.bisect_left(self.values, value))
-        return self.rows_in(0, bisect.bisect_right(self.values, value))  # $lte
+        return self.rows_in(0, bisect.bisect_right(self.values, value))  # lte
 
 
 class PayloadIndex:
     """A sealed segment's payload index: Groups per (path, type), read from the segment's files."""
 
-    def __init__(self, groups: dict[tuple[str, str], Groups]) -> None:
+    def __init__(self, groups: dict[tuple[str, Kind], Groups]) -> None:
         self.groups = groups
 
     @classmethod
     def build(cls, metadata: list[str | None]) -> tuple[dict[str, Any], np.ndarray]:
         """The stored form of the index of rows with these metadata JSON strings: a JSON-able layout and the rows
         array it points into."""
-        by: dict[tuple[str, str], dict[Any, list[int]]] = {}
+        by: dict[tuple[str, Kind], dict[Any, list[int]]] = {}
         for row, text in enumerate(metadata):
             if text:
                 for path, (kind, value) in scalars(json.loads(text)):
@@ -105,7 +92,7 @@ class PayloadIndex:
                 chunks.append(np.asarray(rows, dtype=np.int64))
                 at += len(rows)
                 offsets.append(at)
-            layout.setdefault(path, {})[kind] = {"values": values, "offsets": offsets}
+            layout.setdefault(path, {})[str(kind)] = {"values": values, "offsets": offsets}
         rows = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
         return layout, rows
 
@@ -120,14 +107,14 @@ class PayloadIndex:
         layout = json.loads((directory / "payload.json").read_text())
         rows = np.load(directory / "payload_rows.npy", mmap_mode="r" if (directory / "payload_rows.npy").stat()
                        .st_size > 128 else None)
-        groups: dict[tuple[str, str], Groups] = {}
+        groups: dict[tuple[str, Kind], Groups] = {}
         for path, kinds in layout.items():
             for kind, g in kinds.items():
                 offsets = np.asarray(g["offsets"], dtype=np.int64)
-                groups[(path, kind)] = Groups(g["values"], offsets, rows)
+                groups[(path, int(kind))] = Groups(g["values"], offsets, rows)
         return cls(groups)
 
-    def lookup(self, path: str, kind: str) -> Groups | None:
+    def lookup(self, path: str, kind: Kind) -> Groups | None:
         return self.groups.get((path, kind))
 
 
@@ -135,8 +122,8 @@ class GrowingPayload:
     """The growing segment's payload index: the same groups, in dicts, appended to as rows are added."""
 
     def __init__(self) -> None:
-        self._by: dict[tuple[str, str], dict[Any, list[int]]] = {}
-        self._frozen: dict[tuple[str, str], Groups] = {}
+        self._by: dict[tuple[str, Kind], dict[Any, list[int]]] = {}
+        self._frozen: dict[tuple[str, Kind], Groups] = {}
 
     def add(self, row: int, metadata: str | None) -> None:
         if not metadata:
@@ -146,7 +133,7 @@ class GrowingPayload:
             self._by.setdefault(key, {}).setdefault(value, []).append(row)
             self._frozen.pop(key, None)
 
-    def lookup(self, path: str, kind: str) -> Groups | None:
+    def lookup(self, path: str, kind: Kind) -> Groups | None:
         key = (path, kind)
         if key not in self._by:
             return None
@@ -166,7 +153,9 @@ Index = PayloadIndex | GrowingPayload
 
 
 def mask(f: filters.Filter, index: Index, n: int) -> np.ndarray:
-    """Rows of a segment of `n` rows that match `f`, as a boolean mask (dead rows are the caller's business)."""
+    """Rows of a segment of `n` rows that match `f`, as a boolean mask (dead rows are the caller's business).
+    Agrees with filters.matches on every row's metadata: the negations ($ne, $nin, $exists false, $not) are
+    complements of what the index finds, so rows without the field match them, as the language says."""
     if isinstance(f, filters.And):
         out = np.ones(n, dtype=bool)
         for item in f.items:
@@ -182,24 +171,23 @@ def mask(f: filters.Filter, index: Index, n: int) -> np.ndarray:
     path = ".".join(f.path)
     out = np.zeros(n, dtype=bool)
     if isinstance(f, filters.Exists):
-        for kind in TYPES:
+        for kind in KINDS:
             groups = index.lookup(path, kind)
             if groups is not None:
                 out[groups.rows_in(0, len(groups.values))] = True
         return out if f.present else ~out
     if isinstance(f, filters.Member):
-        for value in f.values:
-            t = typed(value)
-            groups = index.lookup(path, t[0]) if t else None
+        for kind, value in f.keys:
+            groups = index.lookup(path, kind)
             if groups is not None:
-                out[groups.equal(t[1])] = True
+                out[groups.equal(value)] = True
         return ~out if f.negate else out
-    t = typed(f.value)
-    groups = index.lookup(path, t[0]) if t else None
-    if f.op in ("$eq", "$ne"):
-        if groups is not None and t is not None:
-            out[groups.equal(t[1])] = True
-        return ~out if f.op == "$ne" else out
-    if groups is not None and t is not None and t[0] != "b":
-        out[groups.between(f.op, t[1])] = True
+    kind, value = f.key
+    groups = index.lookup(path, kind)
+    if f.op in ("eq", "ne"):
+        if groups is not None:
+            out[groups.equal(value)] = True
+        return ~out if f.op == "ne" else out
+    if groups is not None and kind != 0:  # booleans satisfy no range
+        out[groups.between(f.op, value)] = True
     return out

@@ -78,7 +78,7 @@ def seal(r: Any, settings: Settings, registry: Registry, store: Path, col: Colle
     if lsn == manifest.sealed_lsn:
         finish_trim(r, settings, store, col, manifest)  # the step a killed job may have missed, repeated
         return {**result, "sealed": False, "reason": "nothing written since the newest seal"}
-    ids, vectors = copy.growing.live_rows()
+    ids, vectors, metadata = copy.growing.live_rows()
     deleted = sorted(copy.growing.deleted)
     tmpl = template(store, col, copy, manifest, vectors, settings.train_sample_rows)
     if tmpl is None:
@@ -87,7 +87,8 @@ def seal(r: Any, settings: Settings, registry: Registry, store: Path, col: Colle
     new_segments = list(manifest.segments)
     info = None
     if ids or (deleted and new_segments):
-        info = write_segment(store, col, tmpl, SegmentRows(ids, vectors, deleted), manifest.sealed_lsn, lsn)
+        info = write_segment(store, col, tmpl, SegmentRows(ids, vectors, deleted, metadata), manifest.sealed_lsn,
+                             lsn)
         new_segments.append(info)
     try:
         committed = segments.commit(r, col, manifest, Manifest(
@@ -113,18 +114,20 @@ def compact(r: Any, settings: Settings, registry: Registry, store: Path, col: Co
     if len(copy.sealed) < 2 and not dead:
         return {"compacted": False, "reason": "one segment without dead rows", "segments": len(copy.sealed)}
     ids: list[str] = []
+    metadata: list[str | None] = []
     parts = []
     for segment in copy.sealed:  # live rows, oldest segment first: log order
         live = np.flatnonzero(~segment.dead)
         all_ids = segment.ids()
         ids.extend(all_ids[i] for i in live.tolist())
+        metadata.extend(segment.metadata_at(i) for i in live.tolist())
         parts.append(segment.vectors(live))
     vectors = np.concatenate(parts) if parts else np.zeros((0, col.dim), dtype=np.float32)
     tmpl = template(store, col, copy, manifest, vectors, settings.train_sample_rows)
     if tmpl is None:  # a trained spec always has its template once it has a segment
         raise RuntimeError(f"collection {col.name} has segments but no trained template")
     # Every segment is merged, the oldest included, so no older segment is left for a deleted id to bury.
-    info = write_segment(store, col, tmpl, SegmentRows(ids, vectors, []), manifest.segments[0].first_lsn,
+    info = write_segment(store, col, tmpl, SegmentRows(ids, vectors, [], metadata), manifest.segments[0].first_lsn,
                          manifest.segments[-1].lsn) if ids else None
     committed = segments.commit(r, col, manifest, Manifest(
         sealed_lsn=manifest.sealed_lsn, segments=(info,) if info else (), trained=manifest.trained,

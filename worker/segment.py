@@ -19,6 +19,7 @@ import numpy as np
 
 from common.segments import SegmentInfo
 from worker.index import flat, search_parameters, set_blas_threshold
+from worker.payload import GrowingPayload, PayloadIndex
 
 RERANK_EXTRA = 8  # extra Flat candidates re-scored, so near-ties at the k-th place resolve the same way
 
@@ -84,27 +85,56 @@ class Segment:
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def live_mask(self) -> np.ndarray:
+        live = np.ones(self.rows, dtype=bool)
+        live[self.dead_rows()] = False
+        return live
+
     def selector(self) -> faiss.IDSelector | None:
         if not self.dead_count:
             return None
         if self._selector is None:
-            live = np.ones(self.rows, dtype=bool)
-            live[self.dead_rows()] = False
-            bits = np.packbits(live, bitorder="little")
-            self._selector = (faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bits)), bits)
+            self._selector = bitmap_selector(self.live_mask())
         return self._selector[0]
 
-    def search(self, q: np.ndarray, k: int, params: dict[str, int]) -> Candidates:
-        if self.live == 0:
+    def search(self, q: np.ndarray, k: int, params: dict[str, int], match: np.ndarray | None = None,
+               exact_below: int = 0) -> tuple[Candidates, bool]:
+        """The best k rows per query, among the rows `match` allows (a mask: a filter's rows) if given; and
+        whether they were found by scoring the matching rows one by one instead of through the index. An
+        approximate index runs that exact plan when fewer than `exact_below` rows match, and whenever its own
+        search found fewer than k of at least k matching rows: a filter never costs hits."""
+        allowed = self.live_mask() & match if match is not None else None
+        count = int(allowed.sum()) if allowed is not None else self.live
+        if count == 0:
             empty = np.full((len(q), 0), -1, dtype=np.int64)
-            return Candidates(empty.astype(np.float32), empty)
-        sp = search_parameters(self.index, params, self.selector())
+            return Candidates(empty.astype(np.float32), empty), False
+        if allowed is not None and not self.exact and count <= exact_below:
+            return self.brute_force(q, k, np.flatnonzero(allowed)), True
+        selector = bitmap_selector(allowed) if allowed is not None else None
+        sp = search_parameters(self.index, params, selector[0] if selector else self.selector())
         k_eff = min(k + RERANK_EXTRA if self.exact else k, self.rows)
         set_blas_threshold(self.index.d)
         scores, rows = self.index.search(q, k_eff, params=sp)
         if self.exact:
-            return rerank(self.index.metric_type, q, rows, self.vectors, k)
-        return Candidates(scores, rows)
+            return rerank(self.index.metric_type, q, rows, self.vectors, k), False
+        if allowed is not None and ((rows >= 0).sum(axis=1) < min(k, count)).any():
+            return self.brute_force(q, k, np.flatnonzero(allowed)), True
+        return Candidates(scores, rows), False
+
+    def brute_force(self, q: np.ndarray, k: int, rows: np.ndarray) -> Candidates:
+        """Exact scores of `rows` (few: a filter's matches), best k per query."""
+        vectors = self.vectors(rows)
+        dots = q @ vectors.T
+        if self.index.metric_type == faiss.METRIC_L2:
+            scores = np.maximum((q * q).sum(1)[:, None] + (vectors * vectors).sum(1)[None, :] - 2 * dots, 0)
+            key = scores
+        else:
+            scores, key = dots, -dots
+        top = min(k, len(rows))
+        part = np.argpartition(key, top - 1, axis=1)[:, :top] if top < len(rows) else \
+            np.tile(np.arange(len(rows)), (len(q), 1))
+        order = np.take_along_axis(part, np.argsort(np.take_along_axis(key, part, 1), axis=1, kind="stable"), 1)
+        return Candidates(np.take_along_axis(scores, order, 1).astype(np.float32), rows[order])
 
 
 class SealedSegment(Segment):
@@ -126,6 +156,9 @@ class SealedSegment(Segment):
         self.deleted = deleted  # ids this segment's range deleted: dead in older segments
         self.dead = np.zeros(self.rows, dtype=bool)
         self._dead_count = 0
+        self.meta_bytes: np.ndarray = np.zeros(0, np.uint8)  # row -> metadata JSON text, like the ids
+        self.meta_offsets: np.ndarray = np.zeros(self.rows + 1, np.int64)
+        self.payload: PayloadIndex = PayloadIndex({})
 
     @property
     def dead_count(self) -> int:
@@ -133,6 +166,9 @@ class SealedSegment(Segment):
 
     def dead_rows(self) -> np.ndarray:
         return np.flatnonzero(self.dead)
+
+    def live_mask(self) -> np.ndarray:
+        return ~self.dead
 
     def id_at(self, row: int) -> str:
         return bytes(self.id_bytes[self.id_offsets[row]:self.id_offsets[row + 1]]).decode()
@@ -165,8 +201,14 @@ class SealedSegment(Segment):
     def reopened(self) -> SealedSegment:
         """The same mapped files with no dead rows: dead rows depend on the newer segments and the log tail, which
         the copy that opens it works out again."""
-        return SealedSegment(self.info, self.index, self.mapped, self.raw, self.id_bytes, self.id_offsets,
-                             self.keys, self.key_rows, self.deleted)
+        fresh = SealedSegment(self.info, self.index, self.mapped, self.raw, self.id_bytes, self.id_offsets,
+                              self.keys, self.key_rows, self.deleted)
+        fresh.meta_bytes, fresh.meta_offsets, fresh.payload = self.meta_bytes, self.meta_offsets, self.payload
+        return fresh
+
+    def metadata_at(self, row: int) -> str | None:
+        text = bytes(self.meta_bytes[self.meta_offsets[row]:self.meta_offsets[row + 1]])
+        return text.decode() if text else None
 
     def bury_overlap(self, newer: SealedSegment) -> None:
         """Mark dead the rows whose ids a newer segment wrote again (upserts) or deleted."""
@@ -206,6 +248,9 @@ class GrowingSegment(Segment):
     metric: str
     ids: list[str | None] = field(default_factory=list)  # row -> external id (None once dead)
     position: dict[str, int] = field(default_factory=dict)  # live id -> row
+    metadata: list[str | None] = field(default_factory=list)  # row -> metadata JSON text
+    payload: GrowingPayload = field(default_factory=GrowingPayload)
+    dead_flags: bytearray = field(default_factory=bytearray)  # row -> 1 once dead
     deleted: set[str] = field(default_factory=set)  # ids whose last write here is a delete (see SealedSegment)
     written_rows: int = 0  # rows added and ids deleted by the writes applied here: what a seal of them covers
 
@@ -219,18 +264,27 @@ class GrowingSegment(Segment):
         return self.rows - len(self.position)
 
     def dead_rows(self) -> np.ndarray:
-        return np.array([r for r, vid in enumerate(self.ids) if vid is None], dtype=np.int64)
+        return np.flatnonzero(np.frombuffer(bytes(self.dead_flags), dtype=bool))
+
+    def live_mask(self) -> np.ndarray:
+        return ~np.frombuffer(bytes(self.dead_flags), dtype=bool)
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
 
-    def add(self, ids: list[str], vectors: np.ndarray) -> None:
+    def metadata_at(self, row: int) -> str | None:
+        return self.metadata[row]
+
+    def add(self, ids: list[str], vectors: np.ndarray, metadata: list[str | None] | None = None) -> None:
         start = self.rows
         self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         self.ids.extend(ids)
+        self.metadata.extend(metadata if metadata is not None else [None] * len(ids))
+        self.dead_flags.extend(bytes(len(ids)))
         for offset, vid in enumerate(ids):
             self.position[vid] = start + offset
             self.deleted.discard(vid)
+            self.payload.add(start + offset, self.metadata[start + offset])
         self._selector = None
 
     def bury(self, vid: str) -> bool:
@@ -238,15 +292,23 @@ class GrowingSegment(Segment):
         if row is None:
             return False
         self.ids[row] = None
+        self.dead_flags[row] = 1
         self._selector = None
         return True
 
-    def live_rows(self) -> tuple[list[str], np.ndarray]:
-        """Live ids and their vectors, in log order: what a seal of this segment keeps."""
+    def live_rows(self) -> tuple[list[str], np.ndarray, list[str | None]]:
+        """Live ids, their vectors and metadata, in log order: what a seal of this segment keeps."""
         rows = sorted(self.position.values())
         if not rows:
-            return [], np.zeros((0, self.dim), dtype=np.float32)
-        return [self.ids[r] for r in rows], self.vectors(np.array(rows, dtype=np.int64))  # type: ignore[misc]
+            return [], np.zeros((0, self.dim), dtype=np.float32), []
+        return ([self.ids[r] for r in rows], self.vectors(np.array(rows, dtype=np.int64)),  # type: ignore[misc]
+                [self.metadata[r] for r in rows])
+
+
+def bitmap_selector(allowed: np.ndarray) -> tuple[Any, np.ndarray]:
+    """A FAISS selector of the rows `allowed` marks, and the bitmap it reads (keep both alive)."""
+    bits = np.packbits(allowed, bitorder="little")
+    return faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits)), bits
 
 
 def merge(per_segment: list[Candidates], k: int, larger_is_closer: bool) -> tuple[np.ndarray, np.ndarray,

@@ -1,11 +1,13 @@
 """The segment store on disk: `{store}/{name}/{uid}/{segment id}/`, one directory per sealed segment.
 
 A segment directory holds its FAISS index (`index.faiss`), the raw float32 vectors (`vectors.npy`: exact for
-any spec, for reads by id, `include_vectors` and compaction), the row -> id map (`ids.bin` + `id_offsets.npy`),
-the sorted 64-bit id keys with their rows (`keys.npy`, `key_rows.npy`), the ids its range deleted
-(`deleted.json`) and `segment.json`, written last. Everything goes to a temp dir, is fsynced and renamed into
-place; the segment exists for readers only once the manifest in Redis (common/segments.py) lists it. So a writer
-killed half-way leaves a temp dir or an unlisted dir, which the next seal sweeps.
+any spec, for reads by id, `include_vectors` and compaction), the row -> id map (`ids.bin` + `ids_offsets.npy`),
+the sorted 64-bit id keys with their rows (`keys.npy`, `key_rows.npy`), the row -> metadata map (`meta.bin` +
+`meta_offsets.npy`), the payload index of that metadata (`payload.json` + `payload_rows.npy`, worker/payload.py),
+the ids its range deleted (`deleted.json`) and `segment.json`, written last. Everything goes to a temp dir, is
+fsynced and renamed into place; the segment exists for readers only once the manifest in Redis
+(common/segments.py) lists it. So a writer killed half-way leaves a temp dir or an unlisted dir, which the next
+seal sweeps.
 
 The store is `settings.segment_dir`, by default `{data_dir}/segments`. Workers on several hosts must share it
 (a shared volume): a worker whose log was trimmed can only come back through segments it can read.
@@ -32,6 +34,7 @@ from common.collections import Collection
 from common.segments import SegmentInfo
 from common.settings import Settings
 from worker.index import read_back
+from worker.payload import PayloadIndex
 from worker.segment import SealedSegment, id_keys
 
 log = logging.getLogger("vecq.worker")
@@ -57,6 +60,7 @@ class SegmentRows:
     ids: list[str]
     vectors: np.ndarray
     deleted: list[str]
+    metadata: list[str | None]
 
 
 def write(store: Path, col: Collection, segment_id: str, index: faiss.Index, rows: SegmentRows) -> tuple[Path, int]:
@@ -67,11 +71,9 @@ def write(store: Path, col: Collection, segment_id: str, index: faiss.Index, row
     tmp.mkdir()
     faiss.write_index(index, str(tmp / "index.faiss"))
     np.save(tmp / "vectors.npy", np.ascontiguousarray(rows.vectors, dtype="<f4"))
-    encoded = [i.encode() for i in rows.ids]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum([len(e) for e in encoded])
-    (tmp / "ids.bin").write_bytes(b"".join(encoded))
-    np.save(tmp / "id_offsets.npy", offsets)
+    _write_texts(tmp, "ids", rows.ids)
+    _write_texts(tmp, "meta", rows.metadata)
+    PayloadIndex.save(tmp, rows.metadata)
     row_keys = id_keys(rows.ids)
     order = np.argsort(row_keys, kind="stable")
     np.save(tmp / "keys.npy", row_keys[order])
@@ -102,12 +104,15 @@ def open_segment(store: Path, col: Collection, info: SegmentInfo) -> SealedSegme
     segment = SealedSegment(
         info, index, mapped,
         vectors=np.load(path / "vectors.npy", mmap_mode=mode),
-        id_bytes=np.memmap(path / "ids.bin", dtype=np.uint8, mode="r") if info.rows else np.zeros(0, np.uint8),
-        id_offsets=np.load(path / "id_offsets.npy", mmap_mode=mode),
+        id_bytes=_bytes(path / "ids.bin"),
+        id_offsets=np.load(path / "ids_offsets.npy", mmap_mode=mode),
         keys=np.load(path / "keys.npy", mmap_mode=mode),
         key_rows=np.load(path / "key_rows.npy", mmap_mode=mode),
         deleted=json.loads((path / "deleted.json").read_text()),
     )
+    segment.meta_bytes = _bytes(path / "meta.bin")
+    segment.meta_offsets = np.load(path / "meta_offsets.npy", mmap_mode=mode)
+    segment.payload = PayloadIndex.load(path)
     if segment.rows != info.rows:
         raise RuntimeError(f"segment {path}: index has {segment.rows} rows, the manifest {info.rows}")
     return segment
@@ -116,7 +121,8 @@ def open_segment(store: Path, col: Collection, info: SegmentInfo) -> SealedSegme
 def read_rows(store: Path, col: Collection, info: SegmentInfo) -> SegmentRows:
     path = collection_dir(store, col) / keys.check_token(info.id)
     seg = open_segment(store, col, info)
-    return SegmentRows(seg.ids(), np.load(path / "vectors.npy"), seg.deleted)
+    return SegmentRows(seg.ids(), np.load(path / "vectors.npy"), seg.deleted,
+                       [seg.metadata_at(r) for r in range(seg.rows)])
 
 
 def write_trained(store: Path, col: Collection, index: faiss.Index) -> str:
@@ -156,6 +162,19 @@ def sweep(store: Path, col: Collection, keep: set[str], grace_s: float = ORPHAN_
 
 def remove(store: Path, col: Collection) -> None:
     shutil.rmtree(collection_dir(store, col), ignore_errors=True)
+
+
+def _write_texts(directory: Path, name: str, texts: list[str] | list[str | None]) -> None:
+    """Texts by row as one blob and offsets (`{name}.bin`, `{name}_offsets.npy`): mapped, no object per row."""
+    encoded = [t.encode() if t else b"" for t in texts]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(e) for e in encoded])
+    (directory / f"{name}.bin").write_bytes(b"".join(encoded))
+    np.save(directory / f"{name}_offsets.npy", offsets)
+
+
+def _bytes(path: Path) -> np.ndarray:
+    return np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else np.zeros(0, np.uint8)
 
 
 def _fsync(path: Path) -> None:

@@ -23,6 +23,7 @@ from common import blobs, collections, jobs, segments, stats, wal
 from common.celery_app import (
     ADD,
     COMPACT,
+    COUNT,
     CREATE_COLLECTION,
     DELETE,
     GET,
@@ -46,7 +47,7 @@ from common.errors import InvalidInput, NotFound, VecqError
 from common.settings import get_settings
 from worker import app, ingest, sealing, segment_files, state
 from worker.index import probe, spec_kind
-from worker.search import Member, run_search
+from worker.search import Limits, Member, parse_filter, run_search
 
 log = logging.getLogger("vecq.jobs")
 IDS_IN_RESULT_MAX = 10_000
@@ -96,6 +97,11 @@ def run_job(task: Task, job_type: str, collection: str | None, body: Callable[[s
     log.info("job=%s type=%s collection=%s status=%s duration_ms=%.2f worker=%s", job_id, job_type,
              collection, status, duration_ms, st.worker,
              extra={"job": st.last_job, "worker": st.worker})
+
+
+def limits(st: state.ProcessState) -> Limits:
+    s = st.settings
+    return Limits(max_k=s.max_k, max_k_with_offset=s.max_k_with_offset, exact_below=s.filter_exact_below)
 
 
 def resolve(st: state.ProcessState, name: str, uid: str | None) -> Collection:
@@ -230,47 +236,81 @@ def maybe_seal(st: state.ProcessState, col: Collection, rows: int, hold: bool = 
         app.send_task(SEAL, kwargs={"collection": col.name, "uid": col.uid}, queue=s.queue, ignore_result=True)
 
 
+DELETE_CHUNK_IDS = 10_000  # ids per WAL entry of a delete by filter
+
+
 @app.task(name=DELETE, bind=True)
-def delete(self: Task, *, collection: str, ids: list[str], uid: str | None = None) -> None:
+def delete(self: Task, *, collection: str, ids: list[str] | None = None, filter: str | None = None,
+           uid: str | None = None) -> None:
+    """Delete `ids`, or every vector whose metadata matches `filter` (a filter's JSON text) at the end of the log
+    when the job runs: writes after that are not considered."""
+
     def body(st: state.ProcessState, job_id: str) -> dict[str, Any]:
         col = resolve(st, collection, uid)
-        if not isinstance(ids, list) or not ids:
-            raise InvalidInput("must be a non-empty list of ids", "ids")
-        vids = check_ids(ids, len(ids), st.settings.max_id_length)
-        lsn, found = wal.append_delete(st.r, col, f"{job_id}:0", vids)
+        if (ids is None) == (filter is None):
+            raise InvalidInput("give exactly one of ids or filter", "ids")
+        if filter is not None:
+            where = parse_filter(filter)
+            vids = st.registry.ready(col, "strong").matching_ids(where) if where is not None else []
+        else:
+            if not isinstance(ids, list) or not ids:
+                raise InvalidInput("must be a non-empty list of ids", "ids")
+            vids = check_ids(ids, len(ids), st.settings.max_id_length)
+        lsn, found = wal.last_lsn(st.r, col), 0
+        for chunk, start in enumerate(range(0, len(vids), DELETE_CHUNK_IDS)):
+            lsn, n = wal.append_delete(st.r, col, f"{job_id}:{chunk}", vids[start:start + DELETE_CHUNK_IDS])
+            found += n
         maybe_seal(st, col, found)
         return {"deleted": found, "lsn": lsn}
 
     run_job(self, "delete", collection, body)
 
 
+@app.task(name=COUNT, bind=True)
+def count(self: Task, *, collection: str, filter: str | None = None, uid: str | None = None,
+          consistency: str = "strong", min_lsn: str | None = None) -> None:
+    """How many live vectors match `filter` (all of them without one), at the LSN the copy has applied."""
+
+    def body(st: state.ProcessState, job_id: str) -> dict[str, Any]:
+        col = resolve(st, collection, uid)
+        where = parse_filter(filter)
+        copy = st.registry.ready(col, consistency, min_lsn)
+        return {"count": copy.count_matching(where), "lsn": copy.applied}
+
+    run_job(self, "count", collection, body)
+
+
 @app.task(name=SEARCH, bind=True)
 def search(self: Task, *, collection: str, vectors_b64: str, k: int = 10, uid: str | None = None,
            params: dict[str, Any] | None = None, include_metadata: bool = False, include_vectors: bool = False,
-           consistency: str = "strong", min_lsn: str | None = None,
-           members: list[dict[str, Any]] | None = None, reply_to: str | None = None,
-           hold_s: float | None = None) -> None:
-    """Search. Any producer can send the plain form (the task id is the job id). The API sends `members`
-    ([{job_id, n, k, include_metadata, include_vectors}, ...]: the rows of each request, in order), `reply_to`
-    (its listener) and `hold_s` (how long the outcomes must stay readable) instead: see search_batch."""
+           consistency: str = "strong", min_lsn: str | None = None, filter: str | None = None, offset: int = 0,
+           score_threshold: float | None = None, members: list[dict[str, Any]] | None = None,
+           reply_to: str | None = None, hold_s: float | None = None) -> None:
+    """Search. Any producer can send the plain form (the task id is the job id); `filter` is a filter's JSON
+    text (docs/filters.md). The API sends `members` ([{job_id, n, k, include_metadata, include_vectors, offset,
+    score_threshold}, ...]: the rows of each request, in order), `reply_to` (its listener) and `hold_s` (how long
+    the outcomes must stay readable) instead: see search_batch."""
     if members is not None:
         hold = hold_s if hold_s is not None else state.current().settings.wait_max_s + 60
-        search_batch(self, collection, uid, vectors_b64, params or {}, consistency, min_lsn, members, reply_to, hold)
+        search_batch(self, collection, uid, vectors_b64, params or {}, consistency, min_lsn, members, reply_to, hold,
+                     filter)
         return
 
     def body(st: state.ProcessState, job_id: str) -> dict[str, Any]:
         col = resolve(st, collection, uid)
+        where = parse_filter(filter)
         copy = st.registry.ready(col, consistency, min_lsn)
         queries = decode_vectors(vectors_b64, col.dim)
-        member = Member(job_id, len(queries), k, include_metadata, include_vectors)
-        return run_search(st.r, copy, queries, [member], params or {}, st.settings.max_k, st.worker)[0]
+        member = Member(job_id, len(queries), k, include_metadata, include_vectors, int(offset or 0),
+                        score_threshold)
+        return run_search(copy, queries, [member], params or {}, limits(st), st.worker, where)[0]
 
     run_job(self, "search", collection, body)
 
 
 def search_batch(task: Task, collection: str, uid: str | None, vectors_b64: str, params: dict[str, Any],
                  consistency: str, min_lsn: str | None, members: list[dict[str, Any]], reply_to: str | None,
-                 hold_s: float) -> None:
+                 hold_s: float, filter_text: str | None = None) -> None:
     """Searches sent by the API: one or more requests (members), answered with one FAISS call. The outcomes go
     to the waiting API process in one message and stay readable `hold_s` (common/jobs.py, members), all in one
     round trip. A failure fails this batch's members only; a batch that keeps killing its worker is failed as
@@ -286,10 +326,11 @@ def search_batch(task: Task, collection: str, uid: str | None, vectors_b64: str,
     else:
         try:
             col = resolve(st, collection, uid)
+            where = parse_filter(filter_text)
             copy = st.registry.ready(col, consistency, min_lsn)
             queries = decode_vectors(vectors_b64, col.dim)
             wanted = [Member.from_message(m) for m in members]
-            results = run_search(st.r, copy, queries, wanted, params, st.settings.max_k, st.worker)
+            results = run_search(copy, queries, wanted, params, limits(st), st.worker, where)
             outcomes = [(m, res, None) for m, res in zip(members, results, strict=True)]
         except VecqError as exc:
             outcomes = [(m, None, exc.to_dict()) for m in members]
@@ -330,7 +371,7 @@ def get_vector(self: Task, *, collection: str, id: str, uid: str | None = None,
         loc = copy.locate(id)
         if loc is None:
             raise NotFound(f"vector {id!r} not found", "id")
-        return {"id": id, "vector": copy.vector(loc), "metadata": wal.metadata(st.r, col, [id])[0]}
+        return {"id": id, "vector": copy.vector(loc), "metadata": copy.metadata(loc)}
 
     run_job(self, "get", collection, body)
 

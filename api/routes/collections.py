@@ -17,8 +17,8 @@ from api.deps import (
 )
 from api.dispatch import Pending
 from api.strict_json import StrictJSONRoute
-from common import collections, segments, wal
-from common.celery_app import COMPACT, CREATE_COLLECTION, PURGE, SEAL
+from common import collections, filters, segments, wal
+from common.celery_app import COMPACT, COUNT, CREATE_COLLECTION, PURGE, SEAL
 from common.collections import Collection
 from common.errors import InvalidInput
 from common.schemas import (
@@ -27,6 +27,8 @@ from common.schemas import (
     CollectionCreate,
     CollectionList,
     CollectionOut,
+    CountOut,
+    CountRequest,
     JobAccepted,
     error_responses,
 )
@@ -92,6 +94,22 @@ async def run_on_segments(job_type: str, task: str, name: str, r: RedisDep, prin
     col = await load_collection(name, r, principal, write=True)
     outcome = await dispatcher.submit(job_type, task, name, {"collection": name, "uid": col.uid}, wait=wait,
                                       scope=principal.scope)
+    return outcome.response() if isinstance(outcome, Pending) else outcome
+
+
+@router.post("/{name}/count", response_model=CountOut, responses={202: {"model": JobAccepted}})
+async def count(name: CollectionName, body: CountRequest, r: RedisDep, principal: PrincipalDep,
+                dispatcher: DispatcherDep, settings: SettingsDep, wait: WaitWrite = 30.0) -> Any:
+    """How many vectors match `filter` (docs/filters.md), at the consistency asked for."""
+    col = await load_collection(name, r, principal, write=False)
+    where = filters.parse(body.filter)
+    if body.consistency == "session" and body.min_lsn is None:
+        raise InvalidInput("consistency 'session' needs min_lsn", "min_lsn")
+    if where is not None and filters.never_matches(where):
+        return {"count": 0, "lsn": "0-0"}
+    kwargs = {"collection": name, "uid": col.uid, "filter": filters.canonical(where) if where else None,
+              "consistency": body.consistency, "min_lsn": body.min_lsn}
+    outcome = await dispatcher.submit("count", COUNT, name, kwargs, wait=wait, scope=principal.scope)
     return outcome.response() if isinstance(outcome, Pending) else outcome
 
 

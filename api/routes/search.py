@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request
 from api.deps import CatalogDep, CollectionName, PrincipalDep, SettingsDep
 from api.dispatch import Pending, RawResult
 from api.strict_json import StrictJSONRoute
-from common import codec
+from common import codec, filters
 from common.errors import InvalidInput
 from common.schemas import BODY_ERRORS, V1_ERRORS, JobAccepted, SearchRequest, SearchResponse, error_responses
 
@@ -40,9 +40,14 @@ async def search(name: CollectionName, body: SearchRequest, request: Request, ca
     col = await catalog.get(name)
     if body.k > settings.max_k:
         raise InvalidInput(f"k must be at most {settings.max_k}", "k")
+    if body.k + body.offset > settings.max_k_with_offset:
+        raise InvalidInput(f"k + offset must be at most {settings.max_k_with_offset}", "offset")
+    where = filters.parse(body.filter)
     if body.consistency == "session" and body.min_lsn is None:
         raise InvalidInput("consistency 'session' needs min_lsn", "min_lsn")
     queries = query_matrix(body, col.dim, settings.max_query_vectors)
+    if where is not None and filters.never_matches(where):  # answered here: no job, no worker
+        return {"results": [[] for _ in range(len(queries))], "lsn": "0-0", "took_ms": 0.0, "plan": "empty"}
     searcher = request.app.state.searcher
     outcome = await searcher.search(col, queries, body, principal.scope,
                                     settings.search_wait_default_s if wait is None else wait)

@@ -14,7 +14,7 @@ from api import strict_json
 from api.deps import CollectionName, DispatcherDep, PrincipalDep, RedisDep, SettingsDep, WaitWrite, load_collection
 from api.dispatch import Dispatcher, Pending, new_job_id
 from api.strict_json import StrictJSONRoute
-from common import blobs, codec, formats, jobs
+from common import blobs, codec, filters, formats, jobs
 from common.celery_app import ADD, DELETE, GET, INGEST
 from common.collections import Collection
 from common.errors import InvalidInput, TooLarge
@@ -187,10 +187,19 @@ async def upload(request: Request, r: RedisDep, col: Collection, dispatcher: Dis
 @router.post("/delete", responses={202: {"model": JobAccepted}})
 async def delete_vectors(name: CollectionName, body: DeleteVectors, r: RedisDep, principal: PrincipalDep,
                          dispatcher: DispatcherDep, settings: SettingsDep, wait: WaitWrite = 0.0) -> Any:
+    """Delete by `ids`, or every vector whose metadata matches `filter` when the job runs."""
     col = await load_collection(name, r, principal, write=True)
-    ids = codec.check_ids(body.ids, len(body.ids), settings.max_id_length)
-    outcome = await dispatcher.submit("delete", DELETE, name, {"collection": name, "uid": col.uid, "ids": ids},
-                                      wait=wait, scope=principal.scope)
+    kwargs: dict[str, Any] = {"collection": name, "uid": col.uid}
+    if (body.ids is None) == (body.filter is None):
+        raise InvalidInput("give exactly one of ids or filter", "ids")
+    if body.ids is not None:
+        kwargs["ids"] = codec.check_ids(body.ids, len(body.ids), settings.max_id_length)
+    else:
+        where = filters.parse(body.filter)
+        if where is None:
+            raise InvalidInput("an empty filter would delete everything: delete the collection instead", "filter")
+        kwargs["filter"] = filters.canonical(where)
+    outcome = await dispatcher.submit("delete", DELETE, name, kwargs, wait=wait, scope=principal.scope)
     return outcome.response() if isinstance(outcome, Pending) else outcome
 
 
