@@ -13,7 +13,7 @@ from api.auth import KeyCheck, load_keys
 from api.catalog import CollectionCache
 from api.dispatch import Dispatcher
 from api.limits import BodyLimits
-from api.routes import collections, health, jobs, ops, search, vectors
+from api.routes import collections, console, health, jobs, ops, search, vectors
 from api.searcher import Searcher
 from api.waiter import JobWaiter
 from common.celery_app import make_celery
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimits, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(KeyCheck, keys=app.state.api_keys)
     app.state.metrics_registry = metrics.instrument(app)  # outermost: counts every request, 401s too
-    for module in (health, collections, vectors, search, jobs, ops):
+    for module in (health, collections, vectors, search, jobs, ops, console):
         app.include_router(module.router)
     return app
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -83,6 +84,7 @@ async def acreate(r: aredis.Redis, job_id: str, job_type: str, collection: str |
     async with r.pipeline(transaction=True) as pipe:
         pipe.hset(keys.job(job_id), mapping=_initial(job_id, job_type, collection, scope, total))
         pipe.expire(keys.job(job_id), ttl)
+        _list(pipe, job_id, job_type, collection)
         if watcher:
             pipe.sadd(keys.job_watchers(job_id), watcher)
             pipe.expire(keys.job_watchers(job_id), ttl)
@@ -94,6 +96,7 @@ def create(r: redis.Redis, job_id: str, job_type: str, collection: str | None, *
     with r.pipeline(transaction=True) as pipe:
         pipe.hset(keys.job(job_id), mapping=_initial(job_id, job_type, collection, scope, total))
         pipe.expire(keys.job(job_id), ttl)
+        _list(pipe, job_id, job_type, collection)
         pipe.execute()
 
 
@@ -104,6 +107,64 @@ async def aget(r: aredis.Redis, job_id: str) -> dict[Any, Any] | None:
 
 def get(r: redis.Redis, job_id: str) -> dict[Any, Any] | None:
     return r.hgetall(keys.job(job_id)) or None
+
+
+# Recent jobs: `vecq:jobs:recent`, a Redis Stream with one entry {job, type, collection} per job record created
+# (by the API, by a worker for a job sent straight to Celery, for a search whose id was shown), newest last. The
+# XADD that appends an entry also caps the stream at about RECENT_MAX entries (MAXLEN ~ trims whole stream
+# nodes: no extra command, no scan), in the pipeline or script that creates the record. A search answered while
+# its client waited has no record and so no entry, by design; the parts of a bulk ingest have none either (their
+# parent carries the progress). An entry outlives an expired record: readers skip it.
+RECENT_MAX = 1000
+RECENT_PAGE = 200
+SUMMARY_FIELDS = ("job_id", "type", "collection", "status", "submitted_at", "started_at", "finished_at", "attempts",
+                  "worker", "progress_total", "progress_done", "error", "scope")  # a record without its result
+
+
+def _list(pipe: redis.client.Pipeline | aredis.client.Pipeline, job_id: str, job_type: str,
+          collection: str | None) -> None:
+    pipe.xadd(keys.RECENT_JOBS, {"job": job_id, "type": job_type, "collection": collection or ""},
+              maxlen=RECENT_MAX, approximate=True)
+
+
+async def arecent(r: aredis.Redis, *, limit: int, may_read: Callable[[str, str | None], bool],
+                  job_type: str | None = None, collection: str | None = None,
+                  status: str | None = None) -> list[dict[str, Any]]:
+    """Recent jobs, newest first: public records without `result` that match the filters and that
+    `may_read(scope, collection)` allows, at most `limit`. Reads the index RECENT_PAGE entries at a time and
+    each page's records with one pipelined HMGET of their small fields: two round trips a page, and it stops
+    as soon as it has `limit` jobs."""
+    out: list[dict[str, Any]] = []
+    newest = "+"
+    while len(out) < limit:
+        entries = await r.xrevrange(keys.RECENT_JOBS, max=newest, min="-", count=RECENT_PAGE)
+        if not entries:
+            break
+        wanted = []
+        for _, fields in entries:
+            entry = _decode(fields)
+            if (job_type is None or entry.get("type") == job_type) and \
+                    (collection is None or entry.get("collection") == collection):
+                wanted.append(entry["job"])
+        if wanted:
+            async with r.pipeline(transaction=False) as pipe:
+                for job_id in wanted:
+                    pipe.hmget(keys.job(job_id), SUMMARY_FIELDS)
+                rows = await pipe.execute()
+            for values in rows:
+                raw = {k: v for k, v in zip(SUMMARY_FIELDS, values, strict=True) if v is not None}
+                if not raw.get("status"):
+                    continue  # expired since it was listed
+                record = public(raw)
+                if (status is None or record["status"] == status) and may_read(scope_of(raw), record["collection"]):
+                    out.append(record)
+                    if len(out) == limit:
+                        break
+        if len(entries) < RECENT_PAGE:
+            break
+        last = entries[-1][0]
+        newest = "(" + (last.decode() if isinstance(last, bytes) else last)
+    return out
 
 
 _WATCH = """
@@ -127,6 +188,9 @@ if not status then
   redis.call('HSET', KEYS[1], 'job_id', ARGV[5], 'type', ARGV[6], 'collection', ARGV[7],
              'submitted_at', ARGV[2], 'attempts', '0')
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+  if tonumber(ARGV[8]) > 0 then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'job', ARGV[5], 'type', ARGV[6], 'collection', ARGV[7])
+  end
 elseif status == 'succeeded' or status == 'failed' or status == 'canceled' then
   return 'skip'
 end
@@ -146,9 +210,11 @@ def finished(r: redis.Redis, job_ids: list[str]) -> list[bool]:
 
 
 def claim(r: redis.Redis, job_id: str, *, worker: str, max_attempts: int, ttl: int, job_type: str,
-          collection: str | None) -> Claim:
-    outcome = r.eval(_CLAIM, 1, keys.job(job_id), worker, _now(), max_attempts, ttl, job_id, job_type,
-                     collection or "")
+          collection: str | None, listed: bool = True) -> Claim:
+    """Start a delivery of a job. A job sent straight to Celery gets its record here (and, if `listed`, its
+    entry in the recent jobs)."""
+    outcome = r.eval(_CLAIM, 2, keys.job(job_id), keys.RECENT_JOBS, worker, _now(), max_attempts, ttl, job_id,
+                     job_type, collection or "", RECENT_MAX if listed else 0)
     return Claim(outcome.decode() if isinstance(outcome, bytes) else outcome)
 
 
@@ -353,14 +419,17 @@ def load_scripts(r: redis.Redis) -> None:
     r.script_load(_FINISH_MEMBERS)
 
 
-# KEYS: the member's record, its batch's outcomes (or "" before the batch left). ARGV: ttl, then the record's
-# initial fields. Finished already (the batch's outcomes are in): the record is created finished.
+# KEYS: the member's record, its batch's outcomes (or "" before the batch left), the recent jobs. ARGV: ttl,
+# RECENT_MAX, then the record's initial fields. Finished already (the batch's outcomes are in): the record is
+# created finished.
 _MEMBER_RECORD = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+local job_id = redis.call('HGET', KEYS[1], 'job_id')
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'job', job_id, 'type', 'search',
+           'collection', redis.call('HGET', KEYS[1], 'collection'))
 if KEYS[2] ~= '' then
-  local job_id = redis.call('HGET', KEYS[1], 'job_id')
   local done = redis.call('HMGET', KEYS[2], job_id .. ':status', job_id .. ':field', job_id .. ':value')
   if done[1] then
     redis.call('HSET', KEYS[1], 'status', done[1], done[2], done[3], 'attempts', '1')
@@ -377,7 +446,8 @@ async def amember_record(r: aredis.Redis, job_id: str, batch_id: str | None, col
     fields = _initial(job_id, "search", collection, scope, None)
     fields["submitted_at"] = f"{submitted_at:.6f}"
     outcomes = keys.batch_outcomes(batch_id) if batch_id else ""
-    await r.eval(_MEMBER_RECORD, 2, keys.job(job_id), outcomes, ttl, *[x for kv in fields.items() for x in kv])
+    await r.eval(_MEMBER_RECORD, 3, keys.job(job_id), outcomes, keys.RECENT_JOBS, ttl, RECENT_MAX,
+                 *[x for kv in fields.items() for x in kv])
 
 
 def _text(value: bytes | str) -> str:

@@ -2,7 +2,7 @@
 
 Each family is written by one module: collections.py (`col`), wal.py (`wal`, `docs`, `dedup`, `trim`),
 jobs.py (`job`, `delivery`, `batch`), blobs.py (`blob`), heartbeat.py (`hb`), segments.py (`segments`, `seal`,
-`seallock`), stats.py (`stats`).
+`seallock`), stats.py (`stats`); jobs.py also writes `jobs:recent`, the index of recent jobs.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ COLLECTIONS = f"{PREFIX}:collections"
 WORKERS = f"{PREFIX}:workers"
 STATS_JOBS = f"{PREFIX}:stats:jobs"
 STATS_JOB_SECONDS = f"{PREFIX}:stats:job_seconds"
+RECENT_JOBS = f"{PREFIX}:jobs:recent"
 
 
 def collection(name: str) -> str:

@@ -191,3 +191,23 @@ class Job(BaseModel):
     progress: Progress | None = None
     result: Any = None
     error: ErrorDetail | None = None
+
+
+class JobSummary(BaseModel):
+    """A job record without its result, as `GET /v1/jobs` lists it."""
+
+    job_id: str
+    type: str
+    collection: str | None = None
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    submitted_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    worker: str | None = None
+    progress: Progress | None = None
+    error: ErrorDetail | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary]

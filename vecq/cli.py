@@ -39,7 +39,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         api_env = {"VECQ_WORKERS": str(workers), "VECQ_API_PROCESSES": str(settings.api_processes)}
         api = stack.start_api(settings.api_host, settings.api_port, processes=settings.api_processes,
                               extra_env=api_env)
-        print(f"vecq: {len(stack.workers)} workers starting; API at {api} (docs: {api}/docs)", flush=True)
+        print(f"vecq: {len(stack.workers)} workers starting; API at {api} (docs: {api}/docs, console: {api}/console)",
+              flush=True)
         stack.wait_ready(timeout=120)
         print(f"vecq: ready — {api}/readyz is 200. Ctrl-C stops everything.", flush=True)
         while not stop.wait(0.5):

@@ -55,14 +55,15 @@ DEFERRED = object()  # a body's result meaning "another job finishes this record
 
 
 def run_job(task: Task, job_type: str, collection: str | None, body: Callable[[state.ProcessState, str], Any],
-            on_fail: Callable[[dict[str, Any]], None] | None = None) -> None:
+            on_fail: Callable[[dict[str, Any]], None] | None = None, listed: bool = True) -> None:
     """Claim, run, finish, log one line. Never lets an exception escape into Celery (or kill the child).
-    A body that returns DEFERRED leaves the record running; `on_fail` hears of any error (poisoned too)."""
+    A body that returns DEFERRED leaves the record running; `on_fail` hears of any error (poisoned too).
+    `listed`: a record made at claim time goes into the recent jobs (common/jobs.py)."""
     st = state.current()
     job_id: str = task.request.id
     started = time.perf_counter()
     claim = jobs.claim(st.r, job_id, worker=st.worker, max_attempts=st.settings.max_attempts,
-                       ttl=st.settings.job_ttl_s, job_type=job_type, collection=collection)
+                       ttl=st.settings.job_ttl_s, job_type=job_type, collection=collection, listed=listed)
     if claim is jobs.Claim.SKIP:
         return
     error: dict[str, Any] | None = None
@@ -187,7 +188,8 @@ def add(self: Task, *, collection: str, vectors: list[list[float]] | None = None
         if parent is not None:
             ingest.fail_parent(state.current(), parent, blob, error)
 
-    run_job(self, "add", collection, body, on_fail=fail_parent)
+    # The parts of a bulk ingest stay out of the recent jobs: their parent shows the progress.
+    run_job(self, "add", collection, body, on_fail=fail_parent, listed=parent is None)
 
 
 @app.task(name=INGEST, bind=True)

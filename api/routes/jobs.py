@@ -1,18 +1,19 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 
 from api.auth import Principal
 from api.deps import PrincipalDep, RedisDep
-from common import jobs, stats
+from common import jobs, keys, stats
 from common.errors import Conflict, NotFound
-from common.schemas import V1_ERRORS, Job, error_responses
+from common.schemas import V1_ERRORS, Job, JobList, error_responses
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
                    responses=error_responses(*V1_ERRORS))
 JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
 def visible(raw: dict[Any, Any] | None, principal: Principal) -> dict[Any, Any]:
@@ -23,6 +24,29 @@ def visible(raw: dict[Any, Any] | None, principal: Principal) -> dict[Any, Any]:
     if not principal.may_read_job(jobs.scope_of(raw), record.get("collection")):
         raise NotFound("job not found (unknown or expired)", "job_id")
     return raw
+
+
+@router.get("", response_model=JobList)
+async def list_jobs(
+    r: RedisDep, principal: PrincipalDep,
+    collection: Annotated[str | None, Query(pattern=keys.COLLECTION_NAME.pattern, max_length=64)] = None,
+    job_type: Annotated[str | None, Query(alias="type", pattern=r"^[a-z_]{1,32}$",
+                                          description="add, delete, ingest, search, snapshot, ...")] = None,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    """Recent jobs, newest first, without their results (`GET /v1/jobs/{id}` has them): the last ~1,000 job
+    records created. A search answered while its client waited has no record and is never listed; a search
+    with `wait=0` or whose wait ran out is. A key sees the jobs it may read with `GET /v1/jobs/{id}`, of the
+    collections its glob allows."""
+    principal.require(collection, write=False)
+
+    def may_read(scope: str, name: str | None) -> bool:
+        return principal.may_read_job(scope, name) and (name is None or principal.allows(name))
+
+    found = await jobs.arecent(r, limit=limit, may_read=may_read, job_type=job_type, collection=collection,
+                               status=status)
+    return {"jobs": found}
 
 
 @router.get("/{job_id}", response_model=Job)
