@@ -35,6 +35,12 @@ def stop(r: redis.Redis, wid: str) -> None:
         pipe.execute()
 
 
+def alive_ids(r: redis.Redis, ttl_s: float) -> set[str]:
+    """The ids of the workers whose last beat is younger than the TTL."""
+    return {w.decode() if isinstance(w, bytes) else w
+            for w in r.zrangebyscore(keys.WORKERS, time.time() - ttl_s, "+inf")}
+
+
 async def alive(r: aredis.Redis, ttl_s: float) -> list[dict[str, Any]]:
     """Workers whose last beat is younger than the TTL; older entries are pruned on the way."""
     cutoff = time.time() - ttl_s

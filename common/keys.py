@@ -2,7 +2,8 @@
 
 Each family is written by one module: collections.py (`col`), wal.py (`wal`, `docs`, `dedup`, `trim`),
 jobs.py (`job`, `delivery`, `batch`), blobs.py (`blob`), heartbeat.py (`hb`), segments.py (`segments`, `seal`,
-`seallock`), stats.py (`stats`); jobs.py also writes `jobs:recent`, the index of recent jobs.
+`seallock`), stats.py (`stats`); jobs.py also writes `jobs:recent`, the index of recent jobs; worker/reaper.py
+`reaper`, a lock.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ COLLECTIONS = f"{PREFIX}:collections"
 WORKERS = f"{PREFIX}:workers"
 STATS_JOBS = f"{PREFIX}:stats:jobs"
 STATS_JOB_SECONDS = f"{PREFIX}:stats:job_seconds"
+REAPER = f"{PREFIX}:reaper"  # whose turn it is to give back a dead worker's jobs (worker/reaper.py)
 RECENT_JOBS = f"{PREFIX}:jobs:recent"
 
 

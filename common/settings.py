@@ -43,7 +43,11 @@ class Settings(BaseSettings):
     wait_max_s: float = Field(300.0, ge=0, description="Largest `wait` accepted anywhere.")
     max_waiters: int = Field(4096, ge=1, description="Requests one API process may hold waiting (503 beyond).")
     max_attempts: int = Field(3, ge=1, description="Deliveries of a job before it is failed (poison jobs).")
-    task_time_limit_s: int = Field(1800, ge=10, description="Hard time limit of one job.")
+    task_time_limit_s: int = Field(1800, ge=10, description="Hard time limit of one job (seals and compactions "
+                                   "excepted).")
+    seal_time_limit_s: int = Field(
+        4 * 3600, ge=10, description="Hard time limit of a seal or a compaction: an HNSW build of millions of rows."
+    )
     worker_init_timeout_s: float = Field(
         600.0, ge=4, description="worker_proc_alive_timeout: above the slowest index load at start."
     )
@@ -134,7 +138,11 @@ class Settings(BaseSettings):
     @property
     def redelivery_window_s(self) -> float:
         """How long after its first delivery a job can come back (Celery's visibility timeout, celery_app.py)."""
-        return self.task_time_limit_s + 600.0
+        return max(self.task_time_limit_s, self.seal_time_limit_s) + 600.0
+
+    def soft_limit(self, hard_s: int) -> int:
+        """The soft time limit under a hard one: time for a job to fail cleanly before it is killed."""
+        return max(hard_s - 30, 5)
 
     @property
     def effective_redis_url(self) -> str:

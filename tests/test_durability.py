@@ -476,6 +476,46 @@ def test_slow_start_does_not_get_a_replacement_child_killed(new_stack) -> None: 
     r.close()
 
 
+def test_a_job_of_a_worker_killed_whole_runs_again_elsewhere_within_30s(new_stack) -> None:  # type: ignore[no-untyped-def]
+    """A worker's main process and child killed together (OOM, `docker kill`): nobody acks or rejects its job, and
+    Celery would leave it unacked until the visibility timeout (40 minutes). The reaper of a live worker gives it
+    back once the dead worker's heartbeat has expired (3 s here), and another worker runs it."""
+    s = new_stack(workers=2)
+    r = redis.Redis.from_url(s.redis_url or "")
+    producer = make_celery(Settings(redis_url=s.redis_url, queue="vecq"))
+    job_id = uuid.uuid4().hex
+    jobs.create(r, job_id, "sleep", None, ttl=600)
+    producer.send_task("vecq.test.sleep", kwargs={"seconds": 4}, task_id=job_id, queue="vecq")
+    running = wait_for("the job to start", lambda: (x := job(r, job_id))["status"] == "running" and x, 30)
+    victim = main_of(s, int(running["worker"].rsplit("-", 1)[1]))
+    victim.signal(signal.SIGKILL)  # the whole process group: main process and pool child
+    killed_at = time.monotonic()
+    done = wait_for("the job to run again", lambda: (x := job(r, job_id))["status"] in jobs.TERMINAL and x, 40,
+                    every=0.2)
+    assert time.monotonic() - killed_at < 30
+    assert done["status"] == "succeeded" and done["attempts"] == 2 and done["worker"] != running["worker"], done
+    assert "gave back job=" + job_id in log_of(s, "worker1") + log_of(s, "worker2")
+    r.close()
+
+
+def test_a_job_killed_at_its_hard_time_limit_ends_failed(new_stack) -> None:  # type: ignore[no-untyped-def]
+    """A job that sleeps through its soft time limit (as a long FAISS call does) is killed at the hard one; its
+    record ends `failed` with a timeout, not `running` until it expires, and the worker serves on."""
+    s = new_stack(workers=1, env={"VECQ_TASK_TIME_LIMIT_S": "10"})
+    r = redis.Redis.from_url(s.redis_url or "")
+    producer = make_celery(Settings(redis_url=s.redis_url, queue="vecq"))
+    job_id = uuid.uuid4().hex
+    jobs.create(r, job_id, "sleep", None, ttl=600)
+    producer.send_task("vecq.test.sleep", kwargs={"seconds": 30, "stubborn": True}, task_id=job_id, queue="vecq")
+    done = wait_for("the job to end", lambda: (x := job(r, job_id))["status"] in jobs.TERMINAL and x, 30, every=0.2)
+    assert done["status"] == "failed" and done["error"]["code"] == "timeout", done
+    assert 9 <= done["finished_at"] - done["started_at"] < 15, done
+    with client(s) as api:
+        name = f"after-{uuid.uuid4().hex[:6]}"
+        create(api, name, 2)  # a replacement child took over
+    r.close()
+
+
 def test_segment_files_survive_a_writer_killed_half_way(tmp_path: Path) -> None:
     """Unit: the on-disk format alone. A writer that dies before its rename leaves a temp dir, and one that dies
     before the manifest commit an unlisted dir: readers never open either, and the next seal sweeps both once

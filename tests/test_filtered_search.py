@@ -170,3 +170,16 @@ def test_score_threshold_offset_and_delete_by_filter(api: httpx.Client) -> None:
     nothing = api.post(f"/v1/collections/{name}/vectors/delete", json={"filter": {}})
     assert nothing.status_code == 422 and nothing.json()["error"]["field"] == "filter"
     assert not math.isnan(search(api, name, [[0.0]], k=1)["results"][0][0]["score"])
+
+
+def test_client_filters_count_and_delete_where(stack, api: httpx.Client) -> None:  # type: ignore[no-untyped-def]
+    from vecq.client import Client
+
+    name = create(api, 2)
+    add(api, name, [[1, 0], [0, 1], [1, 1]], ["a", "b", "c"], metadata=[{"lang": "en"}, {"lang": "fr"}, None])
+    with Client(stack.api_url) as vq:
+        res = vq.search(name, [1.0, 0.0], k=3, filter={"lang": {"$in": ["en", "fr"]}}, include_metadata=True)
+        assert [h.id for h in res.results[0]] == ["a", "b"] and res.plan == "index"
+        assert vq.count(name, {"lang": "en"}) == 1 and vq.count(name) == 3
+        assert vq.delete_where(name, {"lang": {"$exists": False}}) == 1
+        assert vq.count(name) == 2

@@ -499,6 +499,8 @@ ROUTES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/collections/{name}/snapshot"): {"kind": "col", "write": True},
     ("POST", "/v1/collections/{name}/seal"): {"kind": "col", "write": True},
     ("POST", "/v1/collections/{name}/compact"): {"kind": "col", "write": True},
+    ("POST", "/v1/collections/{name}/count"): {"kind": "col", "write": False, "json": {"filter": {"a": 1}}},
+    ("GET", "/v1/jobs"): {"kind": "list", "write": False},
     ("POST", "/v1/collections/{name}/vectors"): {"kind": "col", "write": True, "json": {"vectors": [[1, 2]]}},
     ("POST", "/v1/collections/{name}/vectors/delete"): {"kind": "col", "write": True, "json": {"ids": ["a"]}},
     ("GET", "/v1/collections/{name}/vectors/{vector_id}"): {"kind": "col", "write": False},

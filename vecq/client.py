@@ -100,14 +100,14 @@ def _add_body(vectors: Any, ids: Sequence[str] | None, metadata: Sequence[dict[s
 
 
 def _search_body(vectors: Any, k: int, params: dict[str, int] | None, include_metadata: bool,
-                 include_vectors: bool, consistency: str, min_lsn: str | None) -> dict[str, Any]:
+                 include_vectors: bool, consistency: str, min_lsn: str | None, filter: dict[str, Any] | None = None,
+                 offset: int = 0, score_threshold: float | None = None) -> dict[str, Any]:
     q = np.asarray(vectors, dtype=np.float64)
     body: dict[str, Any] = {"vector": q.tolist()} if q.ndim == 1 else {"vectors": q.tolist()}
     body.update(k=k, include_metadata=include_metadata, include_vectors=include_vectors, consistency=consistency)
-    if params:
-        body["params"] = params
-    if min_lsn is not None:
-        body["min_lsn"] = min_lsn
+    optional = {"params": params or None, "min_lsn": min_lsn, "filter": filter or None, "offset": offset or None,
+                "score_threshold": score_threshold}
+    body.update({key: value for key, value in optional.items() if value is not None})
     return body
 
 
@@ -253,13 +253,27 @@ class Client:
     # Search
     def search(self, name: str, vectors: Any, k: int = 10, *, params: dict[str, int] | None = None,
                include_metadata: bool = False, include_vectors: bool = False, consistency: str = "strong",
-               min_lsn: str | None = None, timeout: float | None = None) -> SearchResponse:
-        """One query (1-D) or many (2-D); one result list per query."""
-        body = _search_body(vectors, k, params, include_metadata, include_vectors, consistency, min_lsn)
+               min_lsn: str | None = None, filter: dict[str, Any] | None = None, offset: int = 0,
+               score_threshold: float | None = None, timeout: float | None = None) -> SearchResponse:
+        """One query (1-D) or many (2-D); one result list per query. `filter` keeps the vectors whose metadata
+        matches (docs/filters.md), e.g. `{"lang": "en", "year": {"$gte": 2020}}`."""
+        body = _search_body(vectors, k, params, include_metadata, include_vectors, consistency, min_lsn, filter,
+                            offset, score_threshold)
         resp = self._request("POST", f"/v1/collections/{name}/search", json=body)
         if resp.status_code == 202:  # the API's wait ran out: the job goes on
             return SearchResponse.model_validate(self.wait_job(resp.json()["job_id"], timeout=timeout).result)
         return SearchResponse.model_validate(resp.json())
+
+    def count(self, name: str, filter: dict[str, Any] | None = None, *, consistency: str = "strong") -> int:
+        """How many vectors match `filter` (all of them without one)."""
+        body = {"filter": filter, "consistency": consistency}
+        resp = self._request("POST", f"/v1/collections/{name}/count", params={"wait": 60}, json=body)
+        return int(resp.json()["count"])
+
+    def delete_where(self, name: str, filter: dict[str, Any], *, timeout: float | None = 60) -> int:
+        """Delete every vector whose metadata matches `filter`; how many were deleted."""
+        resp = self._request("POST", f"/v1/collections/{name}/vectors/delete", json={"filter": filter})
+        return int(self.wait_job(resp.json()["job_id"], timeout=timeout).result["deleted"])
 
     # Jobs
     def get_job(self, job_id: str, wait: float = 0) -> Job:
@@ -372,13 +386,24 @@ class AsyncClient:
 
     async def search(self, name: str, vectors: Any, k: int = 10, *, params: dict[str, int] | None = None,
                      include_metadata: bool = False, include_vectors: bool = False, consistency: str = "strong",
-                     min_lsn: str | None = None, timeout: float | None = None) -> SearchResponse:
-        body = _search_body(vectors, k, params, include_metadata, include_vectors, consistency, min_lsn)
+                     min_lsn: str | None = None, filter: dict[str, Any] | None = None, offset: int = 0,
+                     score_threshold: float | None = None, timeout: float | None = None) -> SearchResponse:
+        body = _search_body(vectors, k, params, include_metadata, include_vectors, consistency, min_lsn, filter,
+                            offset, score_threshold)
         resp = await self._request("POST", f"/v1/collections/{name}/search", json=body)
         if resp.status_code == 202:
             job = await self.wait_job(resp.json()["job_id"], timeout=timeout)
             return SearchResponse.model_validate(job.result)
         return SearchResponse.model_validate(resp.json())
+
+    async def count(self, name: str, filter: dict[str, Any] | None = None, *, consistency: str = "strong") -> int:
+        body = {"filter": filter, "consistency": consistency}
+        resp = await self._request("POST", f"/v1/collections/{name}/count", params={"wait": 60}, json=body)
+        return int(resp.json()["count"])
+
+    async def delete_where(self, name: str, filter: dict[str, Any], *, timeout: float | None = 60) -> int:
+        resp = await self._request("POST", f"/v1/collections/{name}/vectors/delete", json={"filter": filter})
+        return int((await self.wait_job(resp.json()["job_id"], timeout=timeout)).result["deleted"])
 
     async def get_job(self, job_id: str, wait: float = 0) -> Job:
         params = {"wait": wait} if wait else None

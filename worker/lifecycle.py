@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 import faiss
-from celery.signals import worker_process_init, worker_process_shutdown
+import redis
+from celery.exceptions import TimeLimitExceeded
+from celery.signals import task_failure, worker_process_init, worker_process_shutdown
 
 from common import heartbeat, jobs
 from common.logs import setup_logging
 from common.settings import get_settings
-from worker import index, state
+from worker import app, index, reaper, state
 
 log = logging.getLogger("vecq.worker")
 
@@ -40,6 +42,22 @@ def _init(**_: object) -> None:
     _beat(st)  # the load times (heartbeat `collections.*.load_s`) at once
     log.info("worker %s ready: %d collections loaded in %.3fs", st.worker, len(st.registry.copies),
              time.perf_counter() - started)
+
+
+@task_failure.connect
+def _killed_at_time_limit(task_id: str | None = None, exception: BaseException | None = None, **_: object) -> None:
+    """A job killed at its hard time limit: Celery's main process reports it here (the child is gone), and its
+    record must not stay `running` until it expires. Only this main process knows, so it finishes the record."""
+    if not isinstance(exception, TimeLimitExceeded) or not task_id:
+        return
+    try:
+        r = redis.Redis.from_url(get_settings().effective_redis_url, socket_connect_timeout=5)
+        error = {"code": "timeout", "field": None,
+                 "message": f"killed at its hard time limit ({exception!r}): see VECQ_TASK_TIME_LIMIT_S"}
+        jobs.finish(r, task_id, error=error)
+        r.close()
+    except Exception:  # the main process must survive whatever Redis says
+        log.warning("could not fail job %s after its time limit", task_id, exc_info=True)
 
 
 @worker_process_shutdown.connect
@@ -80,5 +98,6 @@ def _beat_forever(st: state.ProcessState) -> None:
     while not st.stopping and not stop.wait(st.settings.heartbeat_interval_s):
         try:
             _beat(st)
+            reaper.reap(st.r, app, heartbeat.alive_ids(st.r, st.settings.heartbeat_ttl_s), st.worker)
         except Exception:
             log.warning("heartbeat failed", exc_info=True)

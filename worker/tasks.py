@@ -382,7 +382,7 @@ def under_seal_lock(st: state.ProcessState, job_id: str, col: Collection,
                     work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Run a seal or a compaction holding the collection's seal lock (taken back by this job's redelivery). A job
     that finds the lock held is skipped; whoever holds it asks for the seal that is still due when it is done."""
-    if not segments.lock(st.r, col, st.settings.task_time_limit_s, owner=job_id):
+    if not segments.lock(st.r, col, st.settings.seal_time_limit_s, owner=job_id):
         return {"skipped": "another seal or compaction of this collection is running"}
     try:
         return work()
@@ -392,7 +392,11 @@ def under_seal_lock(st: state.ProcessState, job_id: str, col: Collection,
         maybe_seal(st, col, 0)  # rows written meanwhile, or a seal request skipped while we held the lock
 
 
-@app.task(name=SEAL, bind=True)
+LONG = {"time_limit": get_settings().seal_time_limit_s,
+        "soft_time_limit": get_settings().soft_limit(get_settings().seal_time_limit_s)}
+
+
+@app.task(name=SEAL, bind=True, **LONG)
 def seal(self: Task, *, collection: str, uid: str | None = None) -> None:
     """Seal the log written since the newest seal into a segment every worker maps; then trim the log to it.
     Requests a compaction when the segments pass `compact_max_segments` or `compact_dead_fraction`."""
@@ -411,7 +415,7 @@ def seal(self: Task, *, collection: str, uid: str | None = None) -> None:
     run_job(self, "seal", collection, body)
 
 
-@app.task(name=COMPACT, bind=True)
+@app.task(name=COMPACT, bind=True, **LONG)
 def compact(self: Task, *, collection: str, uid: str | None = None) -> None:
     """Merge the collection's sealed segments into one, dropping dead rows."""
 
@@ -449,11 +453,18 @@ if get_settings().enable_test_tasks:
         run_job(self, "poison", collection, body)
 
     @app.task(name="vecq.test.sleep", bind=True)
-    def sleep(self: Task, *, seconds: float = 1.0, collection: str | None = None) -> None:
-        """Test-only: a slow job, to prove a worker told to stop finishes what it runs and leaves the rest."""
+    def sleep(self: Task, *, seconds: float = 1.0, collection: str | None = None, stubborn: bool = False) -> None:
+        """Test-only: a slow job, to prove a worker told to stop finishes what it runs and leaves the rest.
+        `stubborn` sleeps through the soft time limit, as a long FAISS call does (signals wait for it)."""
 
         def body(st: state.ProcessState, job_id: str) -> dict[str, Any]:
-            time.sleep(min(float(seconds), 60.0))
+            until = time.monotonic() + min(float(seconds), 60.0)
+            while time.monotonic() < until:
+                try:
+                    time.sleep(max(0.0, until - time.monotonic()))
+                except SoftTimeLimitExceeded:
+                    if not stubborn:
+                        raise
             return {"slept": seconds}
 
         run_job(self, "sleep", collection, body)

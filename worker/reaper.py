@@ -1,0 +1,74 @@
+"""Giving back the jobs of a worker that died whole.
+
+When a pool child dies, its Celery main process puts the job back at once (acks late + reject on worker lost).
+When the main process dies too (OOM killer, `docker kill`, a host gone), nobody does: the message stays in
+kombu's `unacked` hash until the visibility timeout (the longest job's time limit + 10 minutes), and the job
+with it. So every worker's heartbeat thread, at most one of them every REAP_EVERY_S across the deployment (the
+`vecq:reaper` lock), gives back through kombu's own `restore_by_tag` the messages no live worker runs:
+
+- a job whose record is `running` on a worker whose heartbeat has expired;
+- any other unacked message older than ORPHAN_AFTER_S that no live worker claimed (a search batch, which has no
+  record, or a job its dead worker had not claimed yet).
+
+A job that runs again is idempotent by its job id (common/jobs.py claim, the WAL's dedup records), so giving
+back a message that was in fact still alive costs a redelivery, never a double effect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu.transport.redis import Channel
+
+from common import jobs, keys
+
+log = logging.getLogger("vecq.worker")
+
+REAP_EVERY_S = 5.0
+ORPHAN_AFTER_S = 20.0  # a live worker claims what it receives within milliseconds
+
+
+def _decoded(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def orphans(r: redis.Redis, alive: set[str], now: float) -> list[tuple[str, str]]:
+    """(delivery tag, job id) of the unacked messages no live worker runs."""
+    out = []
+    for tag, since in r.zrange(Channel.unacked_index_key, 0, -1, withscores=True):
+        raw = r.hget(Channel.unacked_key, tag)
+        if raw is None:
+            continue
+        try:
+            message = json.loads(raw)[0]
+            job_id = str(message["headers"]["id"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue
+        record = jobs.public(jobs.get(r, job_id) or {})
+        running_on = record.get("worker") if record.get("status") == "running" else None
+        if running_on is not None:
+            if running_on not in alive:
+                out.append((_decoded(tag), job_id))
+        elif now - float(since) > ORPHAN_AFTER_S:
+            out.append((_decoded(tag), job_id))
+    return out
+
+
+def reap(r: redis.Redis, app: Celery, alive: set[str], me: str) -> int:
+    """Give back the orphaned messages, if this process holds the reaper's turn. Returns how many."""
+    if not r.set(keys.REAPER, me, nx=True, px=int(REAP_EVERY_S * 1000)):
+        return 0
+    found = orphans(r, alive, time.time())
+    if not found:
+        return 0
+    with app.connection_for_write() as conn:
+        qos = conn.default_channel.qos
+        for tag, job_id in found:
+            qos.restore_by_tag(tag, leftmost=True)  # at the head: it has waited long enough
+            log.warning("gave back job=%s: its worker is gone", job_id)
+    return len(found)
