@@ -10,6 +10,7 @@ import datetime as dt
 import decimal
 import io
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,6 +255,35 @@ def check_schema(schema: pa.Schema, rows: int, dim: int) -> ParquetShape:
 
 def _numeric(t: pa.DataType) -> bool:
     return pa.types.is_floating(t) or pa.types.is_integer(t)
+
+
+def parquet_parts(data: bytes | memoryview, dim: int, rows_per_part: int) -> tuple[ParquetShape, Iterator[pa.Table]]:
+    """The file's shape (from its footer) and its rows in tables of exactly `rows_per_part` (the last one fewer),
+    decoded a batch at a time: a small compressed file that expands to gigabytes never sits in memory whole."""
+    try:
+        pf = pq.ParquetFile(pa.BufferReader(data))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise InvalidInput(f"not a valid Parquet file: {exc}", "body") from None
+    shape = check_schema(pf.schema_arrow, int(pf.metadata.num_rows), dim)
+
+    def parts() -> Iterator[pa.Table]:
+        pending: list[pa.RecordBatch] = []
+        have = 0
+        try:
+            for batch in pf.iter_batches(batch_size=rows_per_part):
+                pending.append(batch)
+                have += batch.num_rows
+                while have >= rows_per_part:
+                    table = pa.Table.from_batches(pending)
+                    yield table.slice(0, rows_per_part)
+                    rest = table.slice(rows_per_part)
+                    pending, have = rest.to_batches(), rest.num_rows
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise InvalidInput(f"not a valid Parquet file: {exc}", "body") from None
+        if have:
+            yield pa.Table.from_batches(pending)
+
+    return shape, parts()
 
 
 def read_parquet(data: bytes | memoryview) -> pa.Table:

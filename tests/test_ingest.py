@@ -362,6 +362,15 @@ def test_upload_limit_is_413(new_stack) -> None:  # type: ignore[no-untyped-def]
         small = api.post("/v1/collections/lim/vectors", params={"wait": 30}, headers=NPY,
                          content=npy_bytes(np.ones((1000, 8), dtype="<f4")))
         assert small.status_code == 200 and small.json()["count"] == 1000
+        # A Parquet file of a few KB whose rows decode to 4 MB of vectors: refused from its footer, before any
+        # worker decodes it (a zip bomb of vectors would otherwise take a worker's memory).
+        bomb = io.BytesIO()
+        column = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(131_072 * 8, dtype=np.float32)), 8)
+        pq.write_table(pa.table({"vector": column}), bomb, compression="zstd")
+        assert len(bomb.getvalue()) < 65536
+        expands = api.post("/v1/collections/lim/vectors", content=bomb.getvalue(),
+                           headers={"content-type": "application/vnd.apache.parquet"})
+        assert expands.status_code == 413 and expands.json()["error"]["field"] == "body", expands.text
         r = redis.Redis.from_url(stack.redis_url or "")
         assert blobs_gone(r)
         r.close()

@@ -133,22 +133,28 @@ def run_parent(st: state.ProcessState, job_id: str, col: Collection, blob_id: st
                             rows=n, cols=layout.cols)
             part_rows: list[int] = []
         else:
-            table = formats.read_parquet(blobs.read(st.r, blob))
-            shape = formats.check_schema(table.schema, table.num_rows, col.dim)
+            # Decoded and checked one part at a time (a small compressed file can expand to gigabytes); no child
+            # is sent before every part is in, so a bad row anywhere still fails the whole upload.
+            shape, tables = formats.parquet_parts(blobs.read(st.r, blob), col.dim, per_part)
             n = shape.rows
             _check_prefix(id_prefix, id_start, n, st.settings.max_id_length, has_ids=shape.has_ids)
-            matrix = formats.table_vectors(table, col.dim)
-            all_ids = formats.table_ids(table, st.settings.max_id_length) or \
-                row_ids(job_id, id_prefix, id_start, 0, n)
-            metadata = formats.table_metadata(table, st.settings.max_metadata_bytes)
-            del table
-            part_rows = list(range(0, n, per_part))
-            for start in part_rows:
-                end = min(n, start + per_part)
-                blobs.put_part(st.r, blob_id, start, _part_bytes(matrix[start:end], all_ids[start:end],
-                                                                 None if metadata is None else metadata[start:end]),
-                               ttl)
-            ids = all_ids if n <= ids_max else None
+            part_rows, kept_ids, seen, start = [], [], set(), 0
+            for table in tables:
+                rows_here = table.num_rows
+                matrix = formats.table_vectors(table, col.dim, first_row=start)
+                part_ids = formats.table_ids(table, st.settings.max_id_length) or \
+                    row_ids(job_id, id_prefix, id_start, start, rows_here)
+                for i, vid in enumerate(part_ids):
+                    if vid in seen:
+                        raise InvalidInput(f"duplicate id {vid!r} in one upload", f"ids[{start + i}]")
+                    seen.add(vid)
+                metadata = formats.table_metadata(table, st.settings.max_metadata_bytes)
+                blobs.put_part(st.r, blob_id, start, _part_bytes(matrix, part_ids, metadata), ttl)
+                part_rows.append(start)
+                if n <= ids_max:
+                    kept_ids.extend(part_ids)
+                start += rows_here
+            ids = kept_ids if n <= ids_max else None
         parts = -(-n // per_part)
         attrs: dict[str, str | int] = {"rows": n, "parts": parts, "part_rows": ",".join(map(str, part_rows))}
         if ids is not None:

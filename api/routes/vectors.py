@@ -156,6 +156,9 @@ async def upload(request: Request, r: RedisDep, col: Collection, dispatcher: Dis
             footer = await writer.read(writer.size - 8 - length, writer.size - 8)
             shape = formats.parquet_shape(footer, col.dim)
             rows = shape.rows
+            if rows * col.dim * 4 > settings.max_upload_bytes:  # compressed, it may be far smaller than it decodes
+                raise TooLarge(f"the file's {rows:,} rows of dimension {col.dim} decode to {rows * col.dim * 4:,} "
+                               f"bytes of vectors, over VECQ_MAX_UPLOAD_BYTES", "body")
             if id_prefix is not None and shape.has_ids:
                 raise InvalidInput("the file has an id column; id_prefix applies only to uploads without ids",
                                    "id_prefix")
