@@ -11,6 +11,7 @@ from api.auth import Principal, authenticate
 from api.catalog import CollectionCache
 from api.dispatch import Dispatcher
 from common import keys
+from common import settings as settings_module
 from common.collections import Collection, aget
 from common.settings import Settings
 
@@ -37,7 +38,12 @@ DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 CatalogDep = Annotated[CollectionCache, Depends(get_catalog)]
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
 CollectionName = Annotated[str, Path(pattern=keys.COLLECTION_NAME.pattern, max_length=64)]
-WaitWrite = Annotated[float, Query(ge=0, le=300, description="Seconds to wait for the job (0: 202 at once).")]
+# Bounds from the settings, which are built once per process: the OpenAPI schema shows the deployment's own.
+WAIT_MAX_S = settings_module.get_settings().wait_max_s
+WaitWrite = Annotated[float, Query(ge=0, le=WAIT_MAX_S, description="Seconds to wait for the job (0: 202 at once).")]
+WaitSearch = Annotated[float | None, Query(ge=0, le=WAIT_MAX_S, description="Seconds to wait for the hits "
+                                           "(default VECQ_SEARCH_WAIT_DEFAULT_S).")]
+WaitPoll = Annotated[float, Query(ge=0, le=WAIT_MAX_S, description="Long-poll up to N seconds.")]
 
 
 async def load_collection(name: str, r: aredis.Redis, principal: Principal, *, write: bool) -> Collection:

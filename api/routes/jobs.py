@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request
 
 from api.auth import Principal
-from api.deps import PrincipalDep, RedisDep
+from api.deps import PrincipalDep, RedisDep, WaitPoll
 from common import jobs, keys, stats
 from common.errors import Conflict, NotFound
 from common.schemas import V1_ERRORS, Job, JobList, error_responses
@@ -51,7 +51,7 @@ async def list_jobs(
 
 @router.get("/{job_id}", response_model=Job)
 async def get_job(job_id: JobId, request: Request, r: RedisDep, principal: PrincipalDep,
-                  wait: Annotated[float, Query(ge=0, le=300, description="Long-poll up to N seconds.")] = 0) -> Any:
+                  wait: WaitPoll = 0) -> Any:
     raw = visible(await jobs.aget(r, job_id), principal)
     record = jobs.public(raw)
     if wait <= 0 or record["status"] in jobs.TERMINAL:

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 
-from api.deps import CatalogDep, CollectionName, PrincipalDep, SettingsDep
+from api.deps import CatalogDep, CollectionName, PrincipalDep, SettingsDep, WaitSearch
 from api.dispatch import Pending, RawResult
 from api.strict_json import StrictJSONRoute
 from common import codec, filters
@@ -32,7 +32,7 @@ def query_matrix(body: SearchRequest, dim: int, max_queries: int) -> Any:
              responses={202: {"model": JobAccepted}, **error_responses(429)})
 async def search(name: CollectionName, body: SearchRequest, request: Request, catalog: CatalogDep,
                  principal: PrincipalDep, settings: SettingsDep,
-                 wait: Annotated[float | None, Query(ge=0, le=300)] = None) -> Any:
+                 wait: WaitSearch = None) -> Any:
     """Search one or many query vectors. Waits up to `wait` seconds (default 30) for the hits; 202 with
     the job link if they are not ready by then (the job goes on and stays fetchable). 429 with Retry-After
     when too many searches like this one already wait for a batch in this API process."""
