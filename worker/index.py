@@ -51,6 +51,11 @@ def factory(dim: int, metric: str, spec: str) -> faiss.Index:
         raise InvalidInput(f"FAISS cannot build index {spec!r}: {_faiss_reason(exc)}", "index") from None
     if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2):
         raise InvalidInput("IDMap is managed by vecq; give the index without it", "index")
+    for part in (innermost(index), getattr(innermost(index), "storage", None)):
+        if part is not None and hasattr(faiss.downcast_index(part), "do_polysemous_training"):
+            # Polysemous training (seconds of simulated annealing) serves polysemous search, which vecq never
+            # runs: the index_factory default made every PQ probe and seal pay for it.
+            faiss.downcast_index(part).do_polysemous_training = False
     return index
 
 
@@ -98,12 +103,18 @@ def spec_kind(dim: int, metric: str, spec: str) -> SpecKind:
                     if not index.is_trained else 0, nlist=nlist)
 
 
+def largest_kmeans(spec: str, nlist: int) -> int:
+    """Centroids of the largest k-means training runs: IVF lists, or 2^bits per PQ sub-quantizer (8 bits unless
+    `PQmxb` says otherwise; OPQ trains a PQ of 8 bits for its rotation), or residual quantizers' `xb`."""
+    bits = [int(b or 8) for _, b in re.findall(r"PQ(\d+)(?:x(\d+))?", spec)]
+    bits += [int(b) for b in re.findall(r"(?:RQ|LSQ)\d+x(\d+)", spec)]
+    return max(nlist, 1, *(2**b for b in bits))
+
+
 def training_rows(spec: str, nlist: int) -> int:
-    """Rows to train on: enough points per centroid for the largest k-means in the spec (IVF lists, or the
-    2^bits centroids of each PQ sub-quantizer), at least 1,000 for the rest (SQ ranges, PCA, OPQ rotations)."""
-    bits = [int(b) for b in re.findall(r"x(\d+)", spec)] or ([8] if re.search(r"PQ\d+", spec) else [0])
-    centroids = max(nlist, *(2**b if b else 0 for b in bits))
-    return max(1000, KMEANS_POINTS_PER_CENTROID * centroids)
+    """Rows to train on: 39 points per centroid of the largest k-means in the spec, at least 1,000 for the rest
+    (SQ ranges, PCA rotations)."""
+    return max(1000, KMEANS_POINTS_PER_CENTROID * largest_kmeans(spec, nlist))
 
 
 def probe(dim: int, metric: str, spec: str) -> SpecKind:
@@ -113,7 +124,9 @@ def probe(dim: int, metric: str, spec: str) -> SpecKind:
     kind = spec_kind(dim, metric, spec)
     small = re.sub(r"IVF(\d+)", lambda m: f"IVF{min(int(m.group(1)), 16)}", spec)
     index = factory(dim, metric, small)
-    rows = max(64, training_rows(small, min(kind.nlist, 16))) if kind.trains else 64
+    # As many rows as the largest k-means has centroids (FAISS refuses fewer), not 39 per centroid: the probe
+    # checks what the spec can do, not how well it is trained, and runs on every collection's creation.
+    rows = max(64, largest_kmeans(small, min(kind.nlist, 16))) if kind.trains else 64
     if rows * dim * 4 > 512 * 1024 * 1024:
         raise InvalidInput(f"index {spec!r} at dim {dim} needs {rows:,} rows to train: too many", "index")
     data = np.random.default_rng(TRAIN_SEED).standard_normal((rows, dim)).astype(np.float32)
