@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import time
+import uuid
 
 import httpx
 import numpy as np
@@ -188,3 +189,57 @@ def test_eventual_reads_converge_within_the_bound(api: httpx.Client, make_collec
         time.sleep(0.05)
     assert len(seen) == 3, seen
     assert max(seen.values()) < 2.5, seen  # 1 s bound, plus the searches' own time on a loaded machine
+
+
+def test_a_deleted_collection_is_never_searched_from_a_copy_left_behind(stack, api: httpx.Client, r,  # type: ignore[no-untyped-def]
+                                                                       make_collection) -> None:
+    """A worker holding a copy of a collection deleted elsewhere answers 404 (not_found), not hits from the copy:
+    every catch-up checks the collection's uid (an API process whose cache still has the old record sends it)."""
+    from common import collections, jobs
+    from common.celery_app import SEARCH, make_celery
+    from common.codec import encode_vectors
+    from common.settings import Settings
+
+    name = make_collection(dim=2)
+    add(api, name, [[0, 1]], ids=["a"])
+    for _ in range(6):
+        assert ids_of(search(api, name, [[0, 1]], k=1)) == [["a"]]  # every worker holds a copy
+    uid = collections.get(r, name).uid
+    assert api.delete(f"/v1/collections/{name}").status_code == 204
+    producer = make_celery(Settings(redis_url=stack.redis_url))
+    for _ in range(6):
+        job_id = uuid.uuid4().hex
+        jobs.create(r, job_id, "search", name, ttl=60)
+        producer.send_task(SEARCH, task_id=job_id, queue="vecq", kwargs={
+            "collection": name, "uid": uid, "vectors_b64": encode_vectors(np.array([[0, 1]], dtype=np.float32))})
+        deadline = time.monotonic() + 30
+        while (record := jobs.public(jobs.get(r, job_id) or {}))["status"] not in jobs.TERMINAL:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert record["status"] == "failed" and record["error"]["code"] == "not_found", record
+
+
+def test_create_is_owned_by_its_job_and_chunks_are_fixed_at_submission(stack, api: httpx.Client, r) -> None:  # type: ignore[no-untyped-def]
+    """A create redelivered after its worker died finds the record it made (not a 409 for its own client), and
+    an add's WAL chunks follow the rows per entry fixed when it was submitted, not the redelivering worker's."""
+    from common import collections, keys
+    from common.celery_app import ADD, make_celery
+    from common.codec import encode_vectors
+    from common.errors import Conflict
+    from common.settings import Settings
+
+    col = collections.new_collection(f"own-{uuid.uuid4().hex[:8]}", 2, "l2", "Flat")
+    made = collections.create(r, col, 1000, owner="job-1")
+    again = collections.create(r, collections.new_collection(col.name, 2, "l2", "Flat"), 1000, owner="job-1")
+    assert again.uid == made.uid  # the same record, not a second incarnation
+    with pytest.raises(Conflict):
+        collections.create(r, collections.new_collection(col.name, 2, "l2", "Flat"), 1000, owner="job-2")
+    producer = make_celery(Settings(redis_url=stack.redis_url))
+    job_id = uuid.uuid4().hex
+    producer.send_task(ADD, task_id=job_id, queue="vecq", kwargs={
+        "collection": col.name, "vectors_b64": encode_vectors(np.ones((10, 2), dtype=np.float32)), "chunk_rows": 3})
+    deadline = time.monotonic() + 30
+    while r.xlen(keys.wal(col.name, made.uid)) < 4:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert r.xlen(keys.wal(col.name, made.uid)) == 4  # 3 + 3 + 3 + 1 rows
