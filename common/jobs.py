@@ -21,8 +21,7 @@ import redis.asyncio as aredis
 import redis.exceptions
 
 from common import keys
-
-TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+from common.status import TERMINAL as TERMINAL
 
 
 class Claim(StrEnum):

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from common.codec import index_description_problem
+from common.status import JobStatus
 
 # strict: no "1.5" strings or true/false in vectors; allow_inf_nan=False: no NaN/Infinity, no 1e309.
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
@@ -182,7 +183,7 @@ class Job(BaseModel):
     job_id: str
     type: str
     collection: str | None = None
-    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    status: JobStatus
     submitted_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
@@ -199,7 +200,7 @@ class JobSummary(BaseModel):
     job_id: str
     type: str
     collection: str | None = None
-    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    status: JobStatus
     submitted_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None

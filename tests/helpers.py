@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from common.status import TERMINAL
+
 
 def add(api: httpx.Client, name: str, vectors: np.ndarray | list[list[float]], ids: list[str] | None = None,
         metadata: list[Any] | None = None, wait: float = 60) -> dict[str, Any]:
@@ -52,7 +54,7 @@ def wait_job(api: httpx.Client, job_id: str, timeout: float = 60) -> dict[str, A
         resp = api.get(f"/v1/jobs/{job_id}", params={"wait": min(10, max(0.1, deadline - time.monotonic()))})
         assert resp.status_code == 200, resp.text
         job = resp.json()
-        if job["status"] in ("succeeded", "failed", "canceled") or time.monotonic() > deadline:
+        if job["status"] in TERMINAL or time.monotonic() > deadline:
             return job
 
 

@@ -27,12 +27,12 @@ import httpx
 import numpy as np
 
 from common.schemas import CollectionOut, Job, SearchResponse
+from common.status import TERMINAL as TERMINAL
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 NPY = "application/x-npy"
 PARQUET = "application/vnd.apache.parquet"
 PIECE_BYTES = 4 * 1024 * 1024  # what an upload sends per write
-TERMINAL = ("succeeded", "failed", "canceled")
 
 __all__ = ["AsyncClient", "Client", "JobFailed", "VecqHTTPError"]
 

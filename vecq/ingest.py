@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from common.schemas import Job
+from common.status import TERMINAL
 from vecq.client import Client, VecqHTTPError
 
 SUFFIXES = (".npy", ".fvecs", ".parquet", ".jsonl")
@@ -212,7 +213,7 @@ def upload_all(client: Client, console: Console, args: argparse.Namespace, path:
             for job, rows in list(pending):
                 current = client.get_job(job.job_id, wait=wait)
                 progress = current.progress.done if current.progress else 0
-                if current.status in ("succeeded", "failed", "canceled"):
+                if current.status in TERMINAL:
                     pending.remove((job, rows))
                     progress = rows if current.status == "succeeded" else progress
                     if current.status != "succeeded":

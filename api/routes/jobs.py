@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
@@ -9,11 +9,11 @@ from api.deps import PrincipalDep, RedisDep, WaitPoll
 from common import jobs, keys, stats
 from common.errors import Conflict, NotFound
 from common.schemas import V1_ERRORS, Job, JobList, error_responses
+from common.status import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
                    responses=error_responses(*V1_ERRORS))
 JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
 def visible(raw: dict[Any, Any] | None, principal: Principal) -> dict[Any, Any]:
