@@ -131,6 +131,6 @@ return 1
 async def aremove(r: aredis.Redis, col: Collection, data_keys: list[str]) -> bool:
     """Drop the record and the collection's data keys together, only if it is still this incarnation
     (uid): a delete racing a re-create never removes the new one. Workers then forget their copies."""
-    removed = await r.eval(_REMOVE, 1 + len(data_keys), keys.collection(col.name), *data_keys, col.uid,
-                           keys.COLLECTIONS, col.name)
+    removed = await r.register_script(_REMOVE)(keys=[keys.collection(col.name), *data_keys],
+                                               args=[col.uid, keys.COLLECTIONS, col.name])
     return bool(removed)

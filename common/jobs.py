@@ -8,7 +8,6 @@ watcher in one Lua script, so a waiter either finds the job finished or is told 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -176,7 +175,7 @@ return redis.call('HGETALL', KEYS[1])
 
 async def awatch(r: aredis.Redis, job_id: str, channel: str) -> dict[str, str] | None:
     """Register a waiter and read the record in one step (no lost wake-up between the two)."""
-    flat = await r.eval(_WATCH, 2, keys.job(job_id), keys.job_watchers(job_id), channel)
+    flat = await r.register_script(_WATCH)(keys=[keys.job(job_id), keys.job_watchers(job_id)], args=[channel])
     return None if flat is None else _decode(dict(zip(flat[::2], flat[1::2], strict=True)))
 
 
@@ -212,8 +211,8 @@ def claim(r: redis.Redis, job_id: str, *, worker: str, max_attempts: int, ttl: i
           collection: str | None, listed: bool = True) -> Claim:
     """Start a delivery of a job. A job sent straight to Celery gets its record here (and, if `listed`, its
     entry in the recent jobs)."""
-    outcome = r.eval(_CLAIM, 2, keys.job(job_id), keys.RECENT_JOBS, worker, _now(), max_attempts, ttl, job_id,
-                     job_type, collection or "", RECENT_MAX if listed else 0)
+    outcome = r.register_script(_CLAIM)(keys=[keys.job(job_id), keys.RECENT_JOBS], args=[
+        worker, _now(), max_attempts, ttl, job_id, job_type, collection or "", RECENT_MAX if listed else 0])
     return Claim(outcome.decode() if isinstance(outcome, bytes) else outcome)
 
 
@@ -233,8 +232,8 @@ def finish(r: redis.Redis, job_id: str, *, result: Any = None, error: dict[str, 
     field, value = ("error", error) if error is not None else ("result", result)
     payload = json.dumps(value, separators=(",", ":"))
     message = json.dumps({"job_id": job_id, "status": status, field: value}, separators=(",", ":"))
-    done = r.eval(_FINISH, 2, keys.job(job_id), keys.job_watchers(job_id), status, _now(), field, payload,
-                  message)
+    done = r.register_script(_FINISH)(keys=[keys.job(job_id), keys.job_watchers(job_id)],
+                                      args=[status, _now(), field, payload, message])
     return bool(done)
 
 
@@ -252,7 +251,7 @@ async def acancel(r: aredis.Redis, job_id: str) -> str | None:
     """Cancel a job still queued. Returns the status it had if it was no longer queued, None if unknown."""
     message = json.dumps({"job_id": job_id, "status": "canceled",
                           "error": {"code": "canceled", "message": "job canceled", "field": None}})
-    out = await r.eval(_CANCEL, 2, keys.job(job_id), keys.job_watchers(job_id), _now(), message)
+    out = await r.register_script(_CANCEL)(keys=[keys.job(job_id), keys.job_watchers(job_id)], args=[_now(), message])
     return None if out is None else (out.decode() if isinstance(out, bytes) else out)
 
 
@@ -263,7 +262,7 @@ return redis.call('HINCRBY', KEYS[1], 'progress_done', ARGV[1])
 
 
 def add_progress(r: redis.Redis, job_id: str, done: int) -> int:
-    return int(r.eval(_PROGRESS, 1, keys.job(job_id), done))
+    return int(r.register_script(_PROGRESS)(keys=[keys.job(job_id)], args=[done]))
 
 
 _SET_PROGRESS = """
@@ -276,7 +275,7 @@ return 1
 def set_progress(r: redis.Redis, job_id: str, done: int) -> None:
     """Progress as a position, not an increment: a redelivered job that walks its chunks again (finding them
     appended already) reports the same numbers instead of counting them twice."""
-    r.eval(_SET_PROGRESS, 1, keys.job(job_id), done)
+    r.register_script(_SET_PROGRESS)(keys=[keys.job(job_id)], args=[done])
 
 
 def set_total(r: redis.Redis, job_id: str, total: int) -> None:
@@ -301,7 +300,7 @@ return 'run'
 
 def claim_delivery(r: redis.Redis, batch_id: str, *, max_attempts: int, ttl: int) -> Claim:
     """Count a delivery of a batch message: past max_attempts (each delivery killed its worker) it is poison."""
-    out = r.eval(_DELIVERY, 1, keys.delivery(batch_id), max_attempts, ttl)
+    out = r.register_script(_DELIVERY)(keys=[keys.delivery(batch_id)], args=[max_attempts, ttl])
     return Claim(out.decode() if isinstance(out, bytes) else out)
 
 
@@ -362,7 +361,9 @@ def finish_members(pipe: redis.client.Pipeline, batch_id: str, outcomes: list[tu
         record_keys += [keys.job(job_id), keys.job_watchers(job_id)]
         args += [job_id, status, field, encoded]
     if record_keys:
-        pipe.evalsha(_FINISH_MEMBERS_SHA, 1 + len(record_keys), keys.batch_outcomes(batch_id), *record_keys, *args)
+        # A Script in a pipeline is loaded by the pipeline itself when Redis lost it (a restart): no NOSCRIPT loop.
+        pipe.register_script(_FINISH_MEMBERS)(keys=[keys.batch_outcomes(batch_id), *record_keys], args=args,
+                                              client=pipe)
     if reply_to:
         pipe.publish(keys.job_channel(reply_to), batch_message(batch_id, encoded_outcomes))
     pipe.delete(keys.delivery(batch_id))
@@ -410,14 +411,6 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-_FINISH_MEMBERS_SHA = hashlib.sha1(_FINISH_MEMBERS.encode()).hexdigest()
-
-
-def load_scripts(r: redis.Redis) -> None:
-    """Load the scripts used by EVALSHA in pipelines (after a Redis restart they are gone)."""
-    r.script_load(_FINISH_MEMBERS)
-
-
 # KEYS: the member's record, its batch's outcomes (or "" before the batch left), the recent jobs. ARGV: ttl,
 # RECENT_MAX, then the record's initial fields. Finished already (the batch's outcomes are in): the record is
 # created finished.
@@ -445,8 +438,8 @@ async def amember_record(r: aredis.Redis, job_id: str, batch_id: str | None, col
     fields = _initial(job_id, "search", collection, scope, None)
     fields["submitted_at"] = f"{submitted_at:.6f}"
     outcomes = keys.batch_outcomes(batch_id) if batch_id else ""
-    await r.eval(_MEMBER_RECORD, 3, keys.job(job_id), outcomes, keys.RECENT_JOBS, ttl, RECENT_MAX,
-                 *[x for kv in fields.items() for x in kv])
+    await r.register_script(_MEMBER_RECORD)(keys=[keys.job(job_id), outcomes, keys.RECENT_JOBS],
+                                            args=[ttl, RECENT_MAX, *[x for kv in fields.items() for x in kv]])
 
 
 def _text(value: bytes | str) -> str:

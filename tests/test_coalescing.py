@@ -303,7 +303,6 @@ def test_a_missed_batch_message_is_made_up_for_from_the_outcomes(redis_url: str)
             after = search(s, wait=30)
             await turns()
             batch_id, members = d.batches[0]
-            jobs.load_scripts(sync)
             with sync.pipeline(transaction=False) as pipe:  # what the worker does, its message going nowhere
                 jobs.finish_members(pipe, batch_id, [({"job_id": members[0]}, {"results": [[]], "lsn": "1-0"}, None)],
                                     reply_to=None, started_at=0.0, worker="w", hold_s=60)

@@ -255,7 +255,6 @@ def test_a_shown_member_ends_up_finished_whichever_script_runs_first(r: redis.Re
     conn = r.connection_pool.connection_kwargs
 
     def finish() -> None:
-        jobs.load_scripts(r)
         with r.pipeline(transaction=False) as pipe:
             jobs.finish_members(pipe, batch_id, [({"job_id": job_id}, result, None)], reply_to=None,
                                 started_at=time.time(), worker="w1", hold_s=60)

@@ -32,7 +32,6 @@ def _init(**_: object) -> None:
     faiss.omp_set_num_threads(settings.omp_threads)
     index.use_blas_from(settings.blas_min_queries)
     st = state.init(settings)
-    jobs.load_scripts(st.r)
     _beat(st)  # visible before the possibly long load, and beating through it: a load may outlast the TTL
     threading.Thread(target=_beat_forever, args=(st,), name="vecq-heartbeat", daemon=True).start()
     started = time.perf_counter()

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import redis.exceptions
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -341,19 +340,11 @@ def search_batch(task: Task, collection: str, uid: str | None, vectors_b64: str,
             error = {"code": "internal", "message": f"{type(exc).__name__}: {exc}", "field": None}
             outcomes = [(m, None, error) for m in members]
     duration_ms = (time.perf_counter() - started) * 1000
-    for attempt in range(2):
-        try:
-            with st.r.pipeline(transaction=False) as pipe:
-                jobs.finish_members(pipe, batch_id, outcomes, reply_to=reply_to, started_at=started_at,
-                                    worker=st.worker, hold_s=hold_s)
-                stats.add_jobs(pipe, [("search", "failed" if e else "succeeded", duration_ms / 1000)
-                                      for _, _, e in outcomes])
-                pipe.execute()
-            break
-        except redis.exceptions.NoScriptError:  # Redis restarted since this process loaded its scripts
-            jobs.load_scripts(st.r)
-            if attempt:
-                raise
+    with st.r.pipeline(transaction=False) as pipe:
+        jobs.finish_members(pipe, batch_id, outcomes, reply_to=reply_to, started_at=started_at, worker=st.worker,
+                            hold_s=hold_s)
+        stats.add_jobs(pipe, [("search", "failed" if e else "succeeded", duration_ms / 1000) for _, _, e in outcomes])
+        pipe.execute()
     failed = sum(1 for _, _, e in outcomes if e is not None)
     st.jobs_done += len(outcomes)
     st.last_job = {"job_id": batch_id, "type": "search", "collection": collection, "members": len(members),
