@@ -19,7 +19,7 @@ from typing import Any
 import redis.asyncio as aredis
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
-from common import collections, heartbeat, segments, stats, wal
+from common import collections, heartbeat, keys, segments, stats, wal
 from common.codec import ZERO_LSN, Lsn, lsn_key
 from common.collections import Collection
 from common.settings import Settings
@@ -79,15 +79,24 @@ async def unacked(r: aredis.Redis) -> int:
 
 
 async def collection_states(r: aredis.Redis) -> dict[str, CollectionState]:
+    """Every collection's figures in three round trips, however many collections (a scrape must not cost Redis
+    a few calls per collection)."""
+    names = await collections.anames(r)
+    async with r.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hgetall(keys.collection(name))
+        records = await pipe.execute()
+    cols = [Collection.from_redis(raw) for raw in records if raw]  # the empty ones were deleted meanwhile
+    async with r.pipeline(transaction=False) as pipe:
+        for col in cols:
+            wal.queue_stats(pipe, col)
+            segments.queue_read(pipe, col)
+        replies = await pipe.execute(raise_on_error=False)
     out: dict[str, CollectionState] = {}
-    for name in await collections.anames(r):
-        try:
-            col = await collections.aget(r, name)
-        except Exception:  # deleted between the listing and the read
-            continue
-        count, last = await wal.astats(r, col)
-        manifest, seal = await segments.aread(r, col), await segments.astate(r, col)
-        out[name] = CollectionState(col, count, last, manifest.rows, seal.growing_rows, len(manifest.segments))
+    for i, col in enumerate(cols):
+        count, info, manifest_raw, seal_raw = replies[4 * i: 4 * i + 4]
+        (count, last), (manifest, seal) = wal.parse_stats(count, info), segments.parse_read(manifest_raw, seal_raw)
+        out[col.name] = CollectionState(col, count, last, manifest.rows, seal.growing_rows, len(manifest.segments))
     return out
 
 

@@ -102,6 +102,16 @@ async def aread(r: aredis.Redis, col: Collection) -> Manifest:
     return Manifest.parse(gen, body)
 
 
+def queue_read(pipe: Any, col: Collection) -> None:
+    """Queue the read of the manifest and of the seal state (two replies; parse with parse_read)."""
+    pipe.hmget(keys.segments(col.name, col.uid), ["gen", "body"])
+    pipe.hgetall(keys.seal_state(col.name, col.uid))
+
+
+def parse_read(manifest: Any, seal: Any) -> tuple[Manifest, SealState]:
+    return Manifest.parse(*manifest), _seal_state(seal)
+
+
 def queue_gen(pipe: Pipeline, col: Collection) -> None:
     """Queue the read of the manifest's generation (a worker's hot path: one field, no JSON)."""
     pipe.hget(keys.segments(col.name, col.uid), "gen")
@@ -201,7 +211,10 @@ class SealState:
 
 
 async def astate(r: aredis.Redis, col: Collection) -> SealState:
-    raw = await r.hgetall(keys.seal_state(col.name, col.uid))
+    return _seal_state(await r.hgetall(keys.seal_state(col.name, col.uid)))
+
+
+def _seal_state(raw: dict[Any, Any]) -> SealState:
     d = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
          for k, v in raw.items()}
     return SealState(growing_rows=int(d.get("rows") or 0),

@@ -28,6 +28,10 @@ class Settings(BaseSettings):
         "", description="Comma-separated API keys, `key` or `key:glob:rw|ro`; empty = open (no auth)."
     )
     api_keys_file: Path | None = Field(None, description="A file with one key spec per line (as api_keys).")
+    metrics_need_key: bool = Field(
+        False, description="With API keys set: /metrics needs a key allowed on every collection (glob `*`); "
+        "otherwise it is open, like /healthz, and lists every collection's name."
+    )
     queue: str = Field("vecq", description="Celery queue the workers consume.")
 
     # FAISS tuning (applied in each worker child before the first search)

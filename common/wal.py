@@ -186,12 +186,20 @@ def prune_dedup(r: redis.Redis, col: Collection, upto: Lsn, keep_s: float,
     return removed
 
 
-async def astats(r: aredis.Redis, col: Collection) -> tuple[int, Lsn]:
-    """Live count and last LSN, for the API (which reads, never writes, the log)."""
-    async with r.pipeline(transaction=False) as pipe:
-        pipe.hlen(keys.docs(col.name, col.uid))
-        pipe.xinfo_stream(keys.wal(col.name, col.uid))
-        count, info = await pipe.execute(raise_on_error=False)
+def queue_stats(pipe: Any, col: Collection) -> None:
+    """Queue the reads of the live count and the last LSN (two replies; parse with parse_stats)."""
+    pipe.hlen(keys.docs(col.name, col.uid))
+    pipe.xinfo_stream(keys.wal(col.name, col.uid))
+
+
+def parse_stats(count: Any, info: Any) -> tuple[int, Lsn]:
     if isinstance(info, Exception):  # no stream yet
         return int(count), ZERO_LSN
     return int(count), _s(info["last-generated-id"])
+
+
+async def astats(r: aredis.Redis, col: Collection) -> tuple[int, Lsn]:
+    """Live count and last LSN, for the API (which reads, never writes, the log)."""
+    async with r.pipeline(transaction=False) as pipe:
+        queue_stats(pipe, col)
+        return parse_stats(*await pipe.execute(raise_on_error=False))

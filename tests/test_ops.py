@@ -351,3 +351,18 @@ def test_probe_passes_against_the_stack(stack: Stack) -> None:
         out = subprocess.run([sys.executable, "-m", "vecq.probe", what], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 0, (what, out.stderr)
+
+
+def test_metrics_can_require_a_key_allowed_on_every_collection(new_stack) -> None:  # type: ignore[no-untyped-def]
+    """/metrics names every collection: with VECQ_METRICS_NEED_KEY it is refused without a key (401) and to a key
+    limited to some collections (403), and served to a key allowed on all of them."""
+    s = new_stack(workers=1, env={"VECQ_API_KEYS": "admin,team:team-*:rw", "VECQ_METRICS_NEED_KEY": "1"})
+    with httpx.Client(base_url=s.api_url or "", timeout=30) as api:
+        assert api.post("/v1/collections", json={"name": "team-m", "dim": 2},
+                        headers={"X-API-Key": "team"}).status_code == 201
+        assert api.get("/metrics").status_code == 401
+        limited = api.get("/metrics", headers={"X-API-Key": "team"})
+        assert limited.status_code == 403 and limited.json()["error"]["code"] == "forbidden"
+        full = api.get("/metrics", headers={"X-API-Key": "admin"})
+        assert full.status_code == 200 and 'vecq_collection_rows{collection="team-m",part="growing"} 0.0' in full.text
+        assert api.get("/healthz").status_code == 200
