@@ -179,21 +179,6 @@ V1_ERRORS = (401, 403, 404, 409, 422, 503)
 BODY_ERRORS = (413, 415)
 
 
-class Job(BaseModel):
-    job_id: str
-    type: str
-    collection: str | None = None
-    status: JobStatus
-    submitted_at: float | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    attempts: int = 0
-    worker: str | None = None
-    progress: Progress | None = None
-    result: Any = None
-    error: ErrorDetail | None = None
-
-
 class JobSummary(BaseModel):
     """A job record without its result, as `GET /v1/jobs` lists it."""
 
@@ -208,6 +193,12 @@ class JobSummary(BaseModel):
     worker: str | None = None
     progress: Progress | None = None
     error: ErrorDetail | None = None
+
+
+class Job(JobSummary):
+    """A job record, as `GET /v1/jobs/{id}` shows it."""
+
+    result: Any = None
 
 
 class JobList(BaseModel):
