@@ -40,27 +40,30 @@ def render(res: dict[str, Any]) -> str:
     lines += [f"| {g['goal']} | {g['target']} | {g['measured']} | {'yes' if g['met'] else '**no**'} |"
               for g in res["goals"]]
     run = res["goals_run"]
-    base = run["none"]["p50_ms"]
+    base, wbase = run["none"]["p50_ms"], run["none"].get("worker_p50_ms")
     c = cfg["qps_concurrency"]
     lines += [
         "",
         f"### HNSW, `VECQ_FILTER_EXACT_BELOW={res['default_threshold']}` (the default)",
         "",
-        f"p50/p99: single synchronous searches at c=1, {cfg['latency_requests']} per filter and round, "
-        f"{cfg['latency_rounds']} alternating rounds, the median round; "
+        f"p50/p99: single synchronous searches at c=1 (HTTP to answer), {cfg['latency_requests']} per filter and "
+        f"round, {cfg['latency_rounds']} alternating rounds, the median round. Worker p50: the search inside the "
+        f"worker (`took_ms`), over the recall queries sent one at a time. "
         + (f"QPS: closed loop at c={c} for at most {cfg['qps_seconds']} s." if cfg.get("qps", True) else
            "QPS not measured (--quick)."),
         "",
-        f"| Filter | Matching rows | Recall@{k} | Short | Plans | p50 ms | p99 ms | p50 / unfiltered | QPS c={c} "
-        f"| others |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| Filter | Matching rows | Recall@{k} | Short | Plans | p50 ms | p99 ms | p50 / unfiltered | Worker p50 ms "
+        f"| Worker p50 / unfiltered | QPS c={c} | others |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in run.values():
         ratio = round(r["p50_ms"] / base, 2) if base and r.get("p50_ms") else None
+        wratio = round(r["worker_p50_ms"] / wbase, 2) if wbase and r.get("worker_p50_ms") else None
         others = max((lv.get("others_cores") or 0) for lv in r["c1_rounds"]) if r.get("c1_rounds") else None
         lines.append(f"| `{_filter(r['filter'])}` | {r['matching']:,} | {_v(r['recall'])} | {r['short']} | "
                      f"{_plans(r['plans'])} | {_v(r.get('p50_ms'))} | {_v(r.get('p99_ms'))} | {_v(ratio)} | "
-                     f"{_v(r.get(f'c{c}', {}).get('qps'))} | {_v(others)} |")
+                     f"{_v(r.get('worker_p50_ms'))} | {_v(wratio)} | {_v(r.get(f'c{c}', {}).get('qps'))} | "
+                     f"{_v(others)} |")
     rec = res["recommendation"]
     sw = res["sweep"]
     lines += [
@@ -69,30 +72,34 @@ def render(res: dict[str, Any]) -> str:
         "",
         f"The same sealed collection, the workers restarted with `VECQ_FILTER_EXACT_BELOW={sw['index']['threshold']}` "
         f"(index path: HNSW with an IDSelectorBitmap; the exact plan only where it returns fewer than k) and "
-        f"`={sw['exact']['threshold']:,}` (every filtered search scores its matching rows one by one). "
-        f"{cfg['sweep_requests']} single searches at c=1 per row.",
+        f"`={sw['exact']['threshold']:,}` (every filtered search scores its matching rows one by one). p50: "
+        f"{cfg['sweep_requests']} single searches at c=1, HTTP to answer; worker p50: the search inside the worker, "
+        f"over the {cfg['queries']} recall queries one at a time.",
         "",
-        f"| Filter | Matching rows | Index p50 ms | Index recall@{k} | Index plans | Index short | Exact p50 ms | "
-        f"Exact recall@{k} | Faster |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| Filter | Matching rows | Index: recall@{k} | plans | short | worker p50 ms | p50 ms | Exact: recall@{k} "
+        f"| worker p50 ms | p50 ms | Faster in the worker |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, i in sorted(sw["index"]["levels"].items(), key=lambda kv: kv[1]["matching"]):
         e = sw["exact"]["levels"][key]
-        faster = "-" if i["p50_ms"] is None or e["p50_ms"] is None else \
-            "exact" if e["p50_ms"] <= i["p50_ms"] else "index"
-        lines.append(f"| {key} `{_filter(i['filter'])}` | {i['matching']:,} | {_v(i['p50_ms'])} | {_v(i['recall'])} | "
-                     f"{_plans(i['plans'])} | {i['short']} | {_v(e['p50_ms'])} | {_v(e['recall'])} | {faster} |")
+        wi, we = i.get("worker_p50_ms"), e.get("worker_p50_ms")
+        faster = "-" if wi is None or we is None else "exact" if we <= wi else "index"
+        lines.append(f"| {key} `{_filter(i['filter'])}` | {i['matching']:,} | {_v(i['recall'])} | "
+                     f"{_plans(i['plans'])} | {i['short']} | {_v(wi)} | {_v(i['p50_ms'])} | {_v(e['recall'])} | "
+                     f"{_v(we)} | {_v(e['p50_ms'])} | {faster} |")
+    w, h = rec["worker"], rec["end_to_end"]
     lines += [
         "",
-        f"Latency crossover: {rec['crossover']}"
-        + (f", about {rec['crossover_rows']:,} rows" if rec["crossover_rows"] else "") + ". "
+        f"Latency crossover inside the worker: {w['where']}" + (f", about {w['rows']:,} rows" if w["rows"] else "")
+        + f"; end to end (HTTP p50): {h['where']}" + (f", about {h['rows']:,} rows" if h["rows"] else "") + ". "
         + (f"With threshold {sw['index']['threshold']}, the index path misses recall 0.95 or k hits, or falls back to "
-           f"the exact plan for most queries, at {', '.join(f'{w:,}' for w in rec['index_path_weak_at'])} matching "
+           f"the exact plan for most queries, at {', '.join(f'{x:,}' for x in rec['index_path_weak_at'])} matching "
            "rows: those should go exact. " if rec["index_path_weak_at"] else
            "The index path keeps recall >= 0.95 and k hits, mostly without the exact fallback, at every measured "
            "count. ")
-        + f"**Recommended `VECQ_FILTER_EXACT_BELOW`: {rec['value']:,}** (the larger of the two bounds, rounded "
-        f"down to 1, 2 or 5 x 10^n; the crossover moves with dim and the machine: exact costs grow with rows x dim).",
+        + f"**Recommended `VECQ_FILTER_EXACT_BELOW`: {rec['value']:,}**: the larger of the worker crossover and "
+        f"the recall bound ({rec['recall_bound_rows']:,}), rounded up to 1, 2 or 5 x 10^n. It holds for this dim "
+        f"and efSearch: the exact path costs grow with rows x dim, the index path's recall with efSearch.",
     ]
     fl = res["flat"]
     col = fl["collection"]

@@ -48,7 +48,8 @@ def test_quick_filtered_benchmark_writes_sane_figures(tmp_path: Path) -> None:
     assert sweep["index"]["levels"]["50%"]["plans"].get("index", 0) > 0
     assert sweep["index"]["levels"]["50%"]["recall"] >= 0.9
     rec = res["recommendation"]
-    assert isinstance(rec["value"], int) and rec["value"] >= 0 and len(rec["points"]) == 3
+    assert isinstance(rec["value"], int) and rec["value"] >= 0 and len(rec["worker"]["points"]) == 3
+    assert all(r["worker_p50_ms"] > 0 for r in run.values())
 
     flat = res["flat"]
     assert flat["filters"] == 200 and flat["errors"] == 0
