@@ -530,19 +530,22 @@ def latency_bound(idx: dict[str, Any], ex: dict[str, Any], keys: list[str], metr
 
 def recommend(sweep: dict[str, Any], k: int) -> dict[str, Any]:
     """The threshold: at least the latency crossover of the search inside the worker (what the threshold changes;
-    the HTTP and API time around it is the same for both paths, and on a shared machine the noisier part), and
-    above every count at which the index path is not good enough. Rounded up to 1, 2 or 5 x 10^n."""
+    the HTTP and API time around it is the same for both paths, and on a shared machine the noisier part), rounded
+    up to 1, 2 or 5 x 10^n, and at least the smallest measured count from which the index path is good enough."""
     idx, ex = sweep["index"]["levels"], sweep["exact"]["levels"]
     keys = sorted(idx, key=lambda key: idx[key]["matching"])
     worker = latency_bound(idx, ex, keys, "worker_p50_ms")
     e2e = latency_bound(idx, ex, keys, "p50_ms")
     # The index path must also be good enough wherever the threshold sends searches to it: recall, k hits, and
     # not mostly the exact fallback after an index search that found fewer than k (then exact alone is cheaper).
+    # Between two measured counts nothing is known: the bound is the first measured count above the largest weak
+    # one (searches matching fewer rows go exact), or above every count if the largest is weak.
     weak = [idx[key]["matching"] for key in keys if (idx[key]["recall"] or 0) < 0.95 or idx[key]["short"]
             or idx[key]["plans"].get("exact", 0) * 2 > idx[key]["queries"]]
-    need = max(weak) + 1 if weak else 0
+    counts = [idx[key]["matching"] for key in keys]
+    need = min((m for m in counts if m > max(weak)), default=max(weak) + 1) if weak else 0
     return {"worker": worker, "end_to_end": e2e, "recall_bound_rows": need, "index_path_weak_at": weak,
-            "value": nice_up(max(worker["bound"], need))}
+            "value": max(nice_up(worker["bound"]), need)}
 
 
 def goals(res: dict[str, Any], cfg: Config) -> list[dict[str, Any]]:
@@ -599,10 +602,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--render", type=Path, metavar="JSON", help="only rewrite filtered.md from an earlier run's JSON")
     args = p.parse_args(argv)
     out = args.out or ROOT / "bench" / "results" / ("quick" if args.quick else "")
-    if args.render:
+    if args.render:  # the conclusions again, from the measurements
         from bench import filtered_report
 
-        (out / "filtered.md").write_text(filtered_report.render(json.loads(args.render.read_text())))
+        res = json.loads(args.render.read_text())
+        res["recommendation"] = recommend(res["sweep"], res["config"]["k"])
+        res["goals"] = goals(res, replace(Config(), **{k: tuple(v) if isinstance(v, list) else v
+                                                       for k, v in res["config"].items()}))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "filtered.json").write_text(json.dumps(res, indent=1, default=str))
+        (out / "filtered.md").write_text(filtered_report.render(res))
         return 0
     result = run(args.quick, out, **({"n": args.n} if args.n else {}))
     from bench import filtered_report

@@ -97,9 +97,10 @@ def render(res: dict[str, Any]) -> str:
            "rows: those should go exact. " if rec["index_path_weak_at"] else
            "The index path keeps recall >= 0.95 and k hits, mostly without the exact fallback, at every measured "
            "count. ")
-        + f"**Recommended `VECQ_FILTER_EXACT_BELOW`: {rec['value']:,}**: the larger of the worker crossover and "
-        f"the recall bound ({rec['recall_bound_rows']:,}), rounded up to 1, 2 or 5 x 10^n. It holds for this dim "
-        f"and efSearch: the exact path costs grow with rows x dim, the index path's recall with efSearch.",
+        + f"**Recommended `VECQ_FILTER_EXACT_BELOW`: {rec['value']:,}**: the larger of the worker crossover "
+        f"(rounded up to 1, 2 or 5 x 10^n) and the smallest measured count from which the index path is good "
+        f"enough ({rec['recall_bound_rows']:,}). It holds for this dim, efSearch and segment size: the exact path "
+        f"costs grow with rows x dim, the index path's recall with efSearch and the filter's share of the segment.",
     ]
     fl = res["flat"]
     col = fl["collection"]
