@@ -108,7 +108,7 @@ class Segment:
         if count == 0:
             empty = np.full((len(q), 0), -1, dtype=np.int64)
             return Candidates(empty.astype(np.float32), empty), False
-        if allowed is not None and not self.exact and count <= exact_below:
+        if allowed is not None and not self.exact and count < exact_below:
             return self.brute_force(q, k, np.flatnonzero(allowed)), True
         selector = bitmap_selector(allowed) if allowed is not None else None
         sp = search_parameters(self.index, params, selector[0] if selector else self.selector())
