@@ -113,6 +113,7 @@ def probe(dim: int, metric: str, spec: str) -> SpecKind:
     kind = spec_kind(dim, metric, spec)
     small = re.sub(r"IVF(\d+)", lambda m: f"IVF{min(int(m.group(1)), 16)}", spec)
     index = factory(dim, metric, small)
+    skip_polysemous_training(index)
     rows = max(64, training_rows(small, min(kind.nlist, 16))) if kind.trains else 64
     if rows * dim * 4 > 512 * 1024 * 1024:
         raise InvalidInput(f"index {spec!r} at dim {dim} needs {rows:,} rows to train: too many", "index")
@@ -135,6 +136,15 @@ def probe(dim: int, metric: str, spec: str) -> SpecKind:
         raise InvalidInput(f"index {spec!r} cannot serve vecq (search with deletes, add, save): "
                            f"{_faiss_reason(exc)}", "index") from None
     return kind
+
+
+def skip_polysemous_training(index: faiss.Index) -> None:
+    """index_factory turns on polysemous training for PQ specs (unless they end in `np`): after k-means, an annealing
+    that reorders each sub-quantizer's centroids for polysemous (Hamming) filtering, which vecq never searches with.
+    It changes nothing a probe checks, and costs a minute at PQ32 on one thread (more than k-means itself)."""
+    inner = innermost(index)
+    if hasattr(inner, "do_polysemous_training"):
+        inner.do_polysemous_training = False
 
 
 def read_back(path: str) -> tuple[faiss.Index, bool]:
