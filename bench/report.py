@@ -82,6 +82,10 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
         add(10, f"{spec}: recall and ids identical with coalescing on and off", "100% of queries",
             f"{ids['identical']}/{ids['compared']} identical, recall {on['recall']} vs {off['recall']}",
             ids["identical"] == ids["compared"] == res["config"]["queries"] and on["recall"] == off["recall"])
+    if res.get("segments"):
+        from bench import segments
+
+        out += segments.goals(res["segments"])
     return out
 
 
@@ -192,6 +196,10 @@ def table(res: dict[str, Any]) -> str:
                 cells = " | ".join(_tune_cells(row["levels"][c]) for c in cs)
                 lines.append(f"| {_f(row['coalesce_max_delay_ms'], 0)} | {cells} |")
             lines.append("")
+    if res.get("segments"):
+        from bench import segments
+
+        lines += [segments.table(res["segments"]), ""]
     gl = res.get("goals") or []
     if gl:
         lines += ["#### Goals", "", "| issue | goal | target | measured | met |", "|---|---|---|---|---|"]
@@ -292,6 +300,9 @@ def write(res: dict[str, Any], out: Path) -> dict[str, Path]:
     paths = {"json": out / "latest.json", "md": out / "latest.md", "png": out / "latest.png"}
     paths["json"].write_text(json.dumps(res, indent=1) + "\n")
     paths["md"].write_text(md + "\n")
-    plot(res, paths["png"])
+    if res.get("indexes"):
+        plot(res, paths["png"])
+    else:  # a segments-only run has no load curves to plot
+        paths.pop("png")
     print(md, file=sys.stdout, flush=True)
     return paths

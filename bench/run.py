@@ -53,6 +53,25 @@ class Config:
     collect_timeout: float = 120.0
     out: Path = ROOT / "bench" / "results"
     command: str = ""
+    only: str | None = None  # "main" (everything but segments) or "segments"; None: both
+    # The segments section (bench/segments.py, issue #14)
+    seg_n: int = 1_000_000  # rows of the trained collections
+    # rows of the HNSW32 collection (build once, cold start, memory); 0: seg_n. 500k, not 1M: one HNSW32 build of
+    # 1M x 128 on one thread takes 4+ minutes here, and the section builds it twice (vecq, in-process)
+    seg_hnsw_n: int = 500_000
+    seg_flat_n: int = 100_000  # rows of the search-speed collections
+    seg_trained: list[str] = field(default_factory=lambda: ["IVF1024,PQ32", "IVF1024,Flat"])
+    seg_speed_indexes: list[str] = field(default_factory=lambda: ["Flat"])
+    seg_nprobe: int = 32
+    seg_build_workers: int = 2
+    seg_memory_workers: int = 4
+    seg_seal_every_rows: int = 0  # 0: the production default (VECQ_SEAL_EVERY_ROWS)
+    seg_levels: list[int] = field(default_factory=lambda: [1, 64])
+    seg_cold_trials: int = 2
+    seg_start_delay_s: float = 4.0  # a memory-phase worker child waits this long before loading (test-only setting)
+    seg_touch_requests: int = 3000  # searches served before the memory is read "after" (bounded by seg_touch_s too)
+    seg_touch_s: float = 10.0
+    seg_timeout: float = 1800.0  # longest wait for a seal
 
 
 def collection_name(spec: str) -> str:
@@ -310,13 +329,26 @@ class Run:
     def go(self) -> dict[str, Any]:
         cfg = self.cfg
         started = time.time()
+        result: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+                                  "machine": report.machine(), "started_at": started,
+                                  "load_before": list(_loadavg())}
+        if cfg.only != "segments":
+            self.main(result)
+        if cfg.only != "main":
+            from bench.segments import Segments
+
+            result["segments"] = Segments(cfg, self.tmp).go()
+        result["duration_s"] = round(time.time() - started, 1)
+        result["load_after"] = list(_loadavg())
+        return result
+
+    def main(self, result: dict[str, Any]) -> None:
+        """Everything but the segments section: in-process FAISS, the naive server, vecq, tuning."""
+        cfg = self.cfg
         say(f"data: {cfg.n} x {cfg.dim} clustered (seed {cfg.seed}), {cfg.queries} queries, exact top-{cfg.k}")
         self.ds = data.make(cfg.n, cfg.dim, cfg.queries, cfg.k, cfg.seed)
         np.save(self.tmp / "vectors.npy", self.ds.vectors)
         np.save(self.tmp / "queries.npy", self.ds.queries)
-        result: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-                                  "machine": report.machine(), "started_at": started,
-                                  "load_before": list(_loadavg())}
         say(f"vecq stack: embedded Redis, {cfg.workers} workers, {cfg.api_processes} API processes")
         self.vecq.start(api_env={"VECQ_COALESCE": "1"})
         try:
@@ -344,9 +376,6 @@ class Run:
             raise
         finally:
             self.vecq.stop()
-        result["duration_s"] = round(time.time() - started, 1)
-        result["load_after"] = list(_loadavg())
-        return result
 
 
 def _loadavg() -> tuple[float, float, float]:

@@ -124,8 +124,11 @@ class Vecq:
 
     # Collections -------------------------------------------------------------------------------------------
     def create(self, name: str, dim: int, index: str) -> None:
-        resp = self.client.post("/v1/collections", json={"name": name, "dim": dim, "metric": "l2", "index": index})
-        if resp.status_code != 201:
+        resp = self.client.post("/v1/collections", json={"name": name, "dim": dim, "metric": "l2", "index": index},
+                                params={"wait": 120})  # a worker probes the spec first: a trained one trains
+        if resp.status_code == 202:
+            self.finish(resp, f"create {name} ({index})")
+        elif resp.status_code != 201:
             raise RuntimeError(f"create {name} ({index}): HTTP {resp.status_code} {resp.text[:300]}")
 
     def delete(self, name: str) -> None:
