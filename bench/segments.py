@@ -636,7 +636,7 @@ def goals(seg: dict[str, Any]) -> list[dict[str, Any]]:
             child, child <= GOALS["cold_start_s"])
     for spec, t in (seg.get("trained") or {}).items():
         if t["recall_delta"] is not None:
-            add(f"{spec} {t['rows']:,}: |recall@k vecq - in-process FAISS| (same training sample, nprobe "
+            add(f"{spec} {t['rows']:,}: recall@k difference, vecq vs in-process FAISS (same training sample, nprobe "
                 f"{t['nprobe']})", f"<= {GOALS['recall_delta']}", t["recall_delta"],
                 t["recall_delta"] <= GOALS["recall_delta"])
         add(f"{spec} {t['rows']:,}: ingest, upload's first byte -> sealed and searched by every worker (vectors/s)",
@@ -671,7 +671,9 @@ def table(seg: dict[str, Any]) -> str:
                   f"{_mib(build['index_file_bytes'])} MiB, mapped by every worker: "
                   f"{all(x['mapped_bytes'] for x in build['copies'])}. Recall@{cfg['k']} (efSearch "
                   f"{cfg['ef_search']}): vecq {build['recall']}, in-process {build['recall_inprocess']}; identical ids "
-                  f"{build['identical_ids']['identical']}/{build['identical_ids']['compared']}. Others: "
+                  f"{build['identical_ids']['identical']}/{build['identical_ids']['compared']}. The workers' "
+                  "RssAnon right after (one of them replayed the log and built the segment): " + ", ".join(
+                      f"{_mib((x.get('memory') or {}).get('anon'))}" for x in build["copies"]) + " MiB. Others: "
                   f"{c.get('others_cores', '-')} cores during the upload and seal, "
                   f"{(base.get('cpu') or {}).get('others_cores', '-')} during the in-process add.", ""]
     cold = seg.get("cold_start")
