@@ -1,8 +1,10 @@
-"""`python -m bench` (`make bench`): vecq against in-process FAISS and a naive FastAPI + FAISS server.
+"""`python -m bench` (`make bench`): vecq against in-process FAISS and a naive FastAPI + FAISS server, then the
+sealed-segments section (issue #14: memory, build once, cold start, trained specs, search speed sealed/unsealed).
 
-    make bench                                  # N=100k, D=128, Flat and HNSW32, 2 workers (a few minutes)
+    make bench                                  # N=100k, D=128, Flat and HNSW32, 2 workers; then segments
     make bench BENCH_ARGS="--quick"             # small sizes: a smoke run
-    python -m bench --n 200000 --index Flat --concurrency 1,16,64 --duration 8
+    python -m bench --only segments             # the segments section alone, merged into bench/results/latest.*
+    python -m bench --only main --n 200000 --index Flat --concurrency 1,16,64 --duration 8
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ from bench.run import ROOT, Config
 QUICK = {"n": 5000, "dim": 32, "queries": 200, "concurrency": [1, 8, 64], "duration": 1.0, "requests": 500,
          "warmup": 0.3, "tune": False, "naive_default_threads": False, "collect_timeout": 60.0,
          "tune_concurrency": [64], "tune_blas": [4, 1000], "tune_omp": [1], "tune_delay": [20.0],
-         "repeats": 1}
+         "repeats": 1,
+         # segments: trained specs scaled down (IVF32, PQ8x4: 1,248 rows to train, in a second), rows sealed by the
+         # upload from 5,000, short phases
+         "seg_n": 12_000, "seg_hnsw_n": 12_000, "seg_flat_n": 12_000, "seg_trained": ["IVF32,PQ8x4", "IVF32,Flat"],
+         "seg_nprobe": 8, "seg_seal_every_rows": 5000, "seg_cold_trials": 1, "seg_start_delay_s": 2.0,
+         "seg_touch_requests": 200, "seg_touch_s": 1.0, "seg_timeout": 120.0}
 
 
 def ints(text: str) -> list[int]:
@@ -59,6 +66,24 @@ def parser() -> argparse.ArgumentParser:
                    help="VECQ_COALESCE_MAX_INFLIGHT values (per API process) to try (1,2)")
     p.add_argument("--tune-delay", type=floats, dest="tune_delay",
                    help="VECQ_COALESCE_MAX_DELAY_MS values to try (5,10,20,40)")
+    p.add_argument("--only", choices=["main", "segments"],
+                   help="one part: main (everything but segments) or segments (merged into an existing latest.json)")
+    p.add_argument("--seg-n", type=int, dest="seg_n", help=f"segments: rows of the trained collections ({d.seg_n:,})")
+    p.add_argument("--seg-hnsw-n", type=int, dest="seg_hnsw_n",
+                   help=f"segments: rows of the HNSW32 collection (build once, cold start, memory; "
+                   f"{d.seg_hnsw_n:,}; 0: --seg-n)")
+    p.add_argument("--seg-flat-n", type=int, dest="seg_flat_n",
+                   help=f"segments: rows of the search-speed collections ({d.seg_flat_n:,})")
+    p.add_argument("--seg-trained", action="append", dest="seg_trained", metavar="SPEC",
+                   help="segments: a trained spec, repeatable (IVF1024,PQ32 and IVF1024,Flat)")
+    p.add_argument("--seg-speed-index", action="append", dest="seg_speed_indexes", metavar="SPEC",
+                   help="segments: a spec for sealed vs growing search speed, repeatable (Flat)")
+    p.add_argument("--seg-nprobe", type=int, dest="seg_nprobe", help=f"segments: IVF nprobe ({d.seg_nprobe})")
+    p.add_argument("--seg-levels", type=ints, dest="seg_levels", help="segments: search-speed concurrency (1,64)")
+    p.add_argument("--seg-build-workers", type=int, dest="seg_build_workers",
+                   help=f"segments: workers of every phase but memory ({d.seg_build_workers})")
+    p.add_argument("--seg-memory-workers", type=int, dest="seg_memory_workers",
+                   help=f"segments: workers of the memory phase ({d.seg_memory_workers})")
     p.add_argument("--quick", action="store_true", help="small sizes and short levels: a smoke run")
     p.add_argument("--render", type=Path, metavar="JSON",
                    help="only rewrite the table, goals and plot of an earlier run's JSON (into --out)")
@@ -81,6 +106,20 @@ def config(argv: list[str]) -> Config:
     return cfg
 
 
+def merged(result: dict, previous: Path) -> dict:
+    """A segments-only run replaces the segments section of the results already in the directory and keeps the
+    rest, which came from an earlier run (each section records its own run: command, time, machine)."""
+    import json
+
+    if not previous.exists():
+        return result
+    old = json.loads(previous.read_text())
+    old["segments"] = result["segments"]
+    print(f"segments section merged into {previous} (other sections from the run started at "
+          f"{old.get('started_at')})", file=sys.stderr)
+    return old
+
+
 def main(argv: list[str] | None = None) -> int:
     import json
 
@@ -91,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config(argv)
     render = parser().parse_args(argv).render
     result = json.loads(render.read_text()) if render else run(cfg)
+    if not render and cfg.only == "segments":
+        result = merged(result, cfg.out / "latest.json")
     paths = report.write(result, cfg.out)
     print(f"\nwrote {', '.join(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p) for p in paths.values())}",
           file=sys.stderr)

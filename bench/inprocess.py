@@ -1,11 +1,11 @@
 """The limit: FAISS called in-process, in a child process of its own (`python -m bench.inprocess CFG OUT`), so the
 benchmark's process never imports faiss and never forks after a search (faiss#5206).
 
-The index is built exactly as vecq's workers build it: one `add` per WAL entry, in log order, one OpenMP
-thread, HNSW levels seeded as the workers seed them (HNSW's graph depends on all of it), so that vecq's answers
-can be compared id for id. It measures the add rate, one-query-per-call search on one thread (latency and QPS),
-and the whole query set in one call on one thread and on every core. For recall only, it also builds the index
-the way a user would (one add of every row).
+The index is built exactly as vecq's seal builds the collection's segment: one `add` of every row, in log order
+(read back from the segment store), one OpenMP thread, HNSW levels seeded as the workers seed them (HNSW's graph
+depends on all of it), so that vecq's answers can be compared id for id. It measures the add rate,
+one-query-per-call search on one thread (latency and QPS), and the whole query set in one call on one thread and
+on every core. For recall only, it also builds the index the way a user would (one add of every row, row order).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 
 def reseed_hnsw(faiss: Any, index: Any, ntotal: int) -> None:
-    """What vecq's workers do before every add (worker/index.py, reseed_hnsw): HNSW levels seeded from the
-    position, so a copy loaded from a snapshot draws the same levels as the one that wrote it."""
+    """What vecq's seal does before its add (worker/index.py, reseed_hnsw): HNSW levels seeded from the position,
+    so a segment is a function of its rows alone."""
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
     if isinstance(inner, faiss.IndexHNSW):
         inner.hnsw.rng = faiss.RandomGenerator(12345 + ntotal)
@@ -28,8 +28,8 @@ def reseed_hnsw(faiss: Any, index: Any, ntotal: int) -> None:
 
 def build(faiss: Any, np: Any, vectors: Any, spec: str, ef_search: int, order: Any = None,
           sizes: list[int] | None = None) -> Any:
-    """With `order` and `sizes`: the index exactly as vecq's workers build it, one add per WAL entry in log order.
-    Without: the way a user would, one add of every row."""
+    """With `order` and `sizes`: the index exactly as vecq builds it, one add per part (a sealed collection is one
+    part: every row, in log order). Without: the way a user would, one add of every row in row order."""
     index = faiss.index_factory(vectors.shape[1], spec, faiss.METRIC_L2)
     if order is None or sizes is None:
         index.add(vectors)
@@ -97,7 +97,7 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
             best = min(best, time.perf_counter() - s)
         batched[f"threads_{n_threads}"] = {"threads": n_threads, "queries": len(queries),
                                            "qps": round(len(queries) / best, 1)}
-    # The same data added the way a user would (one add, row order): what building from the WAL costs in recall.
+    # The same data added the way a user would (one add, row order): what log order costs in recall, if anything.
     faiss.omp_set_num_threads(threads)
     _, plain_labels = build(faiss, np, vectors, cfg["index"], int(cfg["ef_search"])).search(queries, k)
     out_dir = Path(cfg["out_dir"])

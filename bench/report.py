@@ -73,15 +73,21 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
                 add(7, f"{spec}, {mode.replace('_', ' ')}: p50 at c=1 (ms) <= in-process one-query p50 + 3 ms",
                     f"<= {limit:.2f}", c1["p50_ms"], c1["p50_ms"] <= limit)
             same = r["vecq"][mode]["recall"] == r["inprocess"]["recall_single"]
-            add(7, f"{spec}, {mode.replace('_', ' ')}: recall@k equals in-process FAISS (index built as the "
-                "workers build it)", f"= {r['inprocess']['recall_single']}", r["vecq"][mode]["recall"], same)
+            built = "as vecq seals it" if "seal" in r["vecq"] else "as the workers build it"  # runs before segments
+            add(7, f"{spec}, {mode.replace('_', ' ')}: recall@k equals in-process FAISS (index built {built})",
+                f"= {r['inprocess']['recall_single']}", r["vecq"][mode]["recall"], same)
         one_add = r["inprocess"]["recall_one_add"]
-        add(7, f"{spec}: vecq recall@k equals in-process FAISS built with one add (as a user would)",
+        add(7, f"{spec}: vecq recall@k equals in-process FAISS built with one add"
+            + (" in row order" if "seal" in r["vecq"] else "") + " (as a user would)",
             f"= {one_add}", on["recall"], on["recall"] == one_add == off["recall"])
         ids = r["vecq"]["identical_ids"]["on_vs_off"]
         add(10, f"{spec}: recall and ids identical with coalescing on and off", "100% of queries",
             f"{ids['identical']}/{ids['compared']} identical, recall {on['recall']} vs {off['recall']}",
             ids["identical"] == ids["compared"] == res["config"]["queries"] and on["recall"] == off["recall"])
+    if res.get("segments"):
+        from bench import segments
+
+        out += segments.goals(res["segments"])
     return out
 
 
@@ -142,15 +148,21 @@ def table(res: dict[str, Any]) -> str:
         lines += cpu_table(r)
         ids = vq["identical_ids"]
         ingest = vq["ingest"]["json"]
+        sealed = vq.get("seal")  # runs from before segments snapshotted instead, and built one add per WAL entry
         lines += ["", f"Recall@{cfg['k']} against exact ground truth: in-process {inp['recall_single']} "
-                  f"(batched {inp['recall_batched']}; built with one add instead of one per WAL entry: "
-                  f"{inp['recall_one_add']}), naive {naive['recall']}, vecq coalescing off "
+                  f"(batched {inp['recall_batched']}; "
+                  + ("built in row order instead of log order" if sealed else
+                     "built with one add instead of one per WAL entry")
+                  + f": {inp['recall_one_add']}), naive {naive['recall']}, vecq coalescing off "
                   f"{vq['coalesce_off']['recall']}, on {vq['coalesce_on']['recall']}. Identical id lists: "
                   f"off vs in-process {ids['off_vs_inprocess']['identical']}/{ids['off_vs_inprocess']['compared']}, "
                   f"on vs off {ids['on_vs_off']['identical']}/{ids['on_vs_off']['compared']}.",
                   f"Ingest: in-process add {_f(inp['add_per_s'], 0)} vectors/s (1 thread); vecq JSON "
                   f"{_f(ingest['vectors_per_s'], 0)} vectors/s durable in the WAL ({ingest['requests']} requests of "
-                  f"{ingest['batch']:,}); every worker replayed the WAL and answered after {vq['warm']['seconds']} s.",
+                  f"{ingest['batch']:,}); every worker replayed the " + (
+                      f"log and answered after {vq['warm']['seconds']} s, and searched the sealed segment after "
+                      f"{_f(sealed.get('seconds'), 2)} s of seal and {_f(vq['rewarm']['seconds'], 2)} s."
+                      if sealed else f"WAL and answered after {vq['warm']['seconds']} s."),
                   ""]
     npy = res.get("ingest_npy") or {}
     if npy:
@@ -190,6 +202,10 @@ def table(res: dict[str, Any]) -> str:
                 cells = " | ".join(_tune_cells(row["levels"][c]) for c in cs)
                 lines.append(f"| {_f(row['coalesce_max_delay_ms'], 0)} | {cells} |")
             lines.append("")
+    if res.get("segments"):
+        from bench import segments
+
+        lines += [segments.table(res["segments"]), ""]
     gl = res.get("goals") or []
     if gl:
         lines += ["#### Goals", "", "| issue | goal | target | measured | met |", "|---|---|---|---|---|"]
@@ -290,6 +306,9 @@ def write(res: dict[str, Any], out: Path) -> dict[str, Path]:
     paths = {"json": out / "latest.json", "md": out / "latest.md", "png": out / "latest.png"}
     paths["json"].write_text(json.dumps(res, indent=1) + "\n")
     paths["md"].write_text(md + "\n")
-    plot(res, paths["png"])
+    if res.get("indexes"):
+        plot(res, paths["png"])
+    else:  # a segments-only run has no load curves to plot
+        paths.pop("png")
     print(md, file=sys.stdout, flush=True)
     return paths

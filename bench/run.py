@@ -53,6 +53,25 @@ class Config:
     collect_timeout: float = 120.0
     out: Path = ROOT / "bench" / "results"
     command: str = ""
+    only: str | None = None  # "main" (everything but segments) or "segments"; None: both
+    # The segments section (bench/segments.py, issue #14)
+    seg_n: int = 1_000_000  # rows of the trained collections
+    # rows of the HNSW32 collection (build once, cold start, memory); 0: seg_n. 500k, not 1M: one HNSW32 build of
+    # 1M x 128 on one thread takes 4+ minutes here, and the section builds it twice (vecq, in-process)
+    seg_hnsw_n: int = 500_000
+    seg_flat_n: int = 100_000  # rows of the search-speed collections
+    seg_trained: list[str] = field(default_factory=lambda: ["IVF1024,PQ32", "IVF1024,Flat"])
+    seg_speed_indexes: list[str] = field(default_factory=lambda: ["Flat"])
+    seg_nprobe: int = 32
+    seg_build_workers: int = 2
+    seg_memory_workers: int = 4
+    seg_seal_every_rows: int = 0  # 0: the production default (VECQ_SEAL_EVERY_ROWS)
+    seg_levels: list[int] = field(default_factory=lambda: [1, 64])
+    seg_cold_trials: int = 2
+    seg_start_delay_s: float = 4.0  # a memory-phase worker child waits this long before loading (test-only setting)
+    seg_touch_requests: int = 3000  # searches served before the memory is read "after" (bounded by seg_touch_s too)
+    seg_touch_s: float = 10.0
+    seg_timeout: float = 1800.0  # longest wait for a seal
 
 
 def collection_name(spec: str) -> str:
@@ -210,18 +229,19 @@ class Run:
         ingest = self.vecq.ingest_json(name, self.ds.vectors, self.cfg.batch)
         say(f"  JSON ingest: {ingest['vectors_per_s']} vectors/s ({ingest['seconds']} s, {ingest['mb']} MB)")
         warm = self.vecq.warm(name, {"vector": self.ds.queries[0], **self.template(spec)})
-        say(f"  every worker replayed the WAL and answered after {warm['seconds']} s")
-        order, sizes = self.vecq.wal_order(name)
-        if sorted(order.tolist()) != list(range(self.cfg.n)):
-            raise RuntimeError("the WAL does not hold every row exactly once")
+        say(f"  every worker replayed the log into its growing segment and answered after {warm['seconds']} s")
+        # Sealed before measuring, as production would after an ingest: the collection is then one segment of its
+        # spec, built with one add of every row in log order, mapped by every worker; the growing segment is empty.
+        sealed = self.vecq.seal(name)
+        rewarm = self.vecq.warm(name, {"vector": self.ds.queries[0], **self.template(spec)})
+        say(f"  sealed {sealed.get('rows')} rows at {sealed['lsn']} in {sealed.get('seconds')} s; every worker "
+            f"searched the segment after {rewarm['seconds']} s")
+        order, parts = self.vecq.row_order(name)
+        if parts != [self.cfg.n] or sorted(order.tolist()) != list(range(self.cfg.n)):
+            raise RuntimeError(f"expected one segment holding every row once, found parts {parts}")
         order_path = self.tmp / f"order-{name}.npy"
         np.save(order_path, order)
-        snap = self.vecq.snapshot(name)
-        if self.vecq.rebuilt_by_snapshots(spec):  # the snapshot re-added every vector in WAL order, in one add
-            sizes = [int(sum(sizes))]
-        rewarm = self.vecq.warm(name, {"vector": self.ds.queries[0], **self.template(spec)})
-        say(f"  snapshot at {snap['lsn']} in {snap['seconds']} s; every worker reloaded it after "
-            f"{rewarm['seconds']} s")
+        sizes = parts  # one add of every row, in log order: what the seal built
 
         say(f"{spec}: in-process FAISS")
         inproc = self.inprocess(spec, order_path, sizes)
@@ -248,8 +268,8 @@ class Run:
         say(f"  recall@{self.cfg.k}: in-process {inproc['recall_single']}, naive {naive['recall']}, vecq off "
             f"{vq['coalesce_off']['recall']}, on {vq['coalesce_on']['recall']}; identical ids on/off "
             f"{ids['on_vs_off']['fraction']}, off/in-process {ids['off_vs_inprocess']['fraction']}")
-        return {"index": spec, "collection": name, "wal_entries": len(sizes), "inprocess": inproc, "naive": naive,
-                "vecq": {"ingest": {"json": ingest}, "warm": warm, "snapshot": snap, "rewarm": rewarm, **vq,
+        return {"index": spec, "collection": name, "segments": len(parts), "inprocess": inproc, "naive": naive,
+                "vecq": {"ingest": {"json": ingest}, "warm": warm, "seal": sealed, "rewarm": rewarm, **vq,
                          "identical_ids": ids}}
 
     def tune_row(self, url: str, tmpl: dict[str, Any], settings: dict[str, int]) -> dict[str, Any]:
@@ -309,13 +329,26 @@ class Run:
     def go(self) -> dict[str, Any]:
         cfg = self.cfg
         started = time.time()
+        result: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+                                  "machine": report.machine(), "started_at": started,
+                                  "load_before": list(_loadavg())}
+        if cfg.only != "segments":
+            self.main(result)
+        if cfg.only != "main":
+            from bench.segments import Segments
+
+            result["segments"] = Segments(cfg, self.tmp).go()
+        result["duration_s"] = round(time.time() - started, 1)
+        result["load_after"] = list(_loadavg())
+        return result
+
+    def main(self, result: dict[str, Any]) -> None:
+        """Everything but the segments section: in-process FAISS, the naive server, vecq, tuning."""
+        cfg = self.cfg
         say(f"data: {cfg.n} x {cfg.dim} clustered (seed {cfg.seed}), {cfg.queries} queries, exact top-{cfg.k}")
         self.ds = data.make(cfg.n, cfg.dim, cfg.queries, cfg.k, cfg.seed)
         np.save(self.tmp / "vectors.npy", self.ds.vectors)
         np.save(self.tmp / "queries.npy", self.ds.queries)
-        result: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-                                  "machine": report.machine(), "started_at": started,
-                                  "load_before": list(_loadavg())}
         say(f"vecq stack: embedded Redis, {cfg.workers} workers, {cfg.api_processes} API processes")
         self.vecq.start(api_env={"VECQ_COALESCE": "1"})
         try:
@@ -343,9 +376,6 @@ class Run:
             raise
         finally:
             self.vecq.stop()
-        result["duration_s"] = round(time.time() - started, 1)
-        result["load_after"] = list(_loadavg())
-        return result
 
 
 def _loadavg() -> tuple[float, float, float]:

@@ -20,10 +20,12 @@ import redis
 
 from vecq.stack import Stack
 
-# Snapshots are trimmed WAL: the benchmark reads the whole log back to build its in-process baselines in the same
-# order and chunks as the workers (HNSW's graph depends on both), so it keeps the log whole.
-BENCH_ENV = {"VECQ_SNAPSHOT_EVERY_ENTRIES": "1000000", "VECQ_SNAPSHOT_EVERY_BYTES": str(1 << 40),
-             "VECQ_LOG_JSON": "0"}
+# Automatic seals out of reach: the benchmark seals each collection itself, once, after its ingest, so that every
+# index it measures is one segment built with one add of all rows in log order, which the in-process baseline
+# rebuilds exactly (HNSW's graph depends on the order). An automatic seal racing the last JSON batches could leave
+# two segments or a growing tail instead. The segments section (bench/segments.py) sets its own.
+NO_AUTO_SEAL = {"VECQ_SEAL_EVERY_ROWS": str(10**12), "VECQ_SEAL_EVERY_BYTES": str(1 << 60)}
+BENCH_ENV = {**NO_AUTO_SEAL, "VECQ_LOG_JSON": "0"}
 
 
 @dataclass
@@ -59,18 +61,27 @@ class Vecq:
             self.http.close()
         self.http = httpx.Client(base_url=self.url, timeout=600)
 
-    def restart_workers(self, worker_env: Mapping[str, str] | None = None) -> None:
-        """New worker processes with other settings; each loads every collection again at start."""
+    def restart_workers(self, worker_env: Mapping[str, str] | None = None, count: int | None = None,
+                        wait: bool = True) -> None:
+        """New worker processes (`count` of them, default as many as before) with other settings; each loads
+        every collection again at start."""
+        assert self.stack is not None
+        self.stop_workers()
+        self.worker_env = dict(worker_env or {})
+        self.workers = count or self.workers
+        for i in range(self.workers):
+            self.stack.start_worker(i + 1, extra_env=self.worker_env)
+        if wait:
+            self.stack.wait_ready(timeout=300, workers=self.workers)
+
+    def stop_workers(self) -> None:
+        """SIGTERM to every worker (a running job finishes, the queue stays), then their process groups go."""
         assert self.stack is not None
         for w in self.stack.workers:
             w.signal(SIGTERM)
         for w in self.stack.workers:
             w.stop(timeout=30)
         self.stack.workers.clear()
-        self.worker_env = dict(worker_env or {})
-        for i in range(self.workers):
-            self.stack.start_worker(i + 1, extra_env=self.worker_env)
-        self.stack.wait_ready(timeout=300, workers=self.workers)
 
     def stop(self) -> None:
         if self.http is not None:
@@ -113,8 +124,11 @@ class Vecq:
 
     # Collections -------------------------------------------------------------------------------------------
     def create(self, name: str, dim: int, index: str) -> None:
-        resp = self.client.post("/v1/collections", json={"name": name, "dim": dim, "metric": "l2", "index": index})
-        if resp.status_code != 201:
+        resp = self.client.post("/v1/collections", json={"name": name, "dim": dim, "metric": "l2", "index": index},
+                                params={"wait": 120})  # a worker probes the spec first: a trained one trains
+        if resp.status_code == 202:
+            self.finish(resp, f"create {name} ({index})")
+        elif resp.status_code != 201:
             raise RuntimeError(f"create {name} ({index}): HTTP {resp.status_code} {resp.text[:300]}")
 
     def delete(self, name: str) -> None:
@@ -155,34 +169,61 @@ class Vecq:
                 "inflight": inflight, "mb": round(sum(map(len, bodies)) / 1e6, 1), "seconds": round(seconds, 3),
                 "vectors_per_s": round(len(vectors) / seconds, 1)}
 
-    def ingest_npy(self, name: str, vectors: np.ndarray) -> dict[str, Any]:
-        """The whole matrix as one .npy upload (`Content-Type: application/x-npy`); ids are generated."""
+    def ingest_npy(self, name: str, vectors: np.ndarray, id_prefix: str | None = None,
+                   stamps: dict[str, float] | None = None) -> dict[str, Any]:
+        """The whole matrix as one .npy upload (`Content-Type: application/x-npy`); ids are generated, or
+        `id_prefix` + row number. `stamps` gets `started` and `acked` (time.perf_counter): from the upload's first
+        byte to the acknowledgment that every row is durable in the log."""
         buf = io.BytesIO()
         np.save(buf, vectors)
         body = buf.getvalue()
+        del buf
+        params: dict[str, Any] = {"wait": 300}
+        if id_prefix is not None:
+            params["id_prefix"] = id_prefix
         started = time.perf_counter()
-        resp = self.client.post(f"/v1/collections/{name}/vectors", params={"wait": 300}, content=body,
+        resp = self.client.post(f"/v1/collections/{name}/vectors", params=params, content=body,
                                 headers={"content-type": "application/x-npy"})
         if resp.status_code in (400, 413, 415, 422):  # not supported (yet) by this build, or refused: say so
             return {"format": "npy", "status": "n/a", "reason": f"HTTP {resp.status_code}: {resp.text[:200]}"}
         result = self.finish(resp, f"npy ingest into {name}")
-        seconds = time.perf_counter() - started
+        acked = time.perf_counter()
+        if stamps is not None:
+            stamps.update(started=started, acked=acked)
+        seconds = acked - started
         count = int(result.get("count", len(vectors)))
         return {"format": "npy", "vectors": count, "requests": 1, "mb": round(len(body) / 1e6, 1),
                 "seconds": round(seconds, 3), "vectors_per_s": round(count / seconds, 1)}
 
-    @staticmethod
-    def rebuilt_by_snapshots(spec: str) -> bool:
-        """Mirrors worker/index.py CollectionIndex.rebuilt_by_snapshots (the benchmark never imports faiss)."""
-        return spec.upper().startswith("HNSW")
+    def seal(self, name: str, timeout: float = 1800) -> dict[str, Any]:
+        """Seal now, as production does after an ingest (automatically past VECQ_SEAL_EVERY_ROWS, or at the end of
+        an upload): the log since the newest seal becomes one segment of the collection's spec, built with one
+        add, that every worker maps. Returns the seal job's result ({"sealed", "segment", "rows", "seconds",
+        "lsn", ...})."""
+        resp = self.client.post(f"/v1/collections/{name}/seal", params={"wait": min(timeout, 300)})
+        result = self.finish(resp, f"seal of {name}")
+        if not result.get("sealed") and "nothing written" not in str(result.get("reason", "")):
+            raise RuntimeError(f"seal of {name} did not seal: {result}")
+        return result
 
-    def snapshot(self, name: str) -> dict[str, Any]:
-        """Snapshot now, as the automatic trigger would after a while in production: an HNSW collection is
-        rebuilt with one add there, and every worker then reloads that graph."""
-        resp = self.client.post(f"/v1/collections/{name}/snapshot", params={"wait": 300})
+    def collection(self, name: str) -> dict[str, Any]:
+        resp = self.client.get(f"/v1/collections/{name}")
         if resp.status_code != 200:
-            raise RuntimeError(f"snapshot of {name}: HTTP {resp.status_code} {resp.text[:300]}")
-        return resp.json()
+            raise RuntimeError(f"GET collection {name}: HTTP {resp.status_code} {resp.text[:300]}")
+        return dict(resp.json())
+
+    def workers_view(self) -> list[dict[str, Any]]:
+        """`GET /v1/workers`: every live worker child with its memory and its copies (sealed/growing rows, load_s)."""
+        resp = self.client.get("/v1/workers")
+        if resp.status_code != 200:
+            raise RuntimeError(f"GET /v1/workers: HTTP {resp.status_code} {resp.text[:300]}")
+        return list(resp.json()["workers"])
+
+    @property
+    def segment_store(self) -> Path:
+        """Where the workers write segments (worker/segment_files.py root): the bench's stack shares its data dir."""
+        configured = {**BENCH_ENV, **self.env}.get("VECQ_SEGMENT_DIR")
+        return Path(configured) if configured else self.data_dir / "segments"
 
     def warm(self, name: str, body: Mapping[str, Any], timeout: float = 600) -> dict[str, Any]:
         """Search until every worker has answered, i.e. replayed the collection's WAL into its own index. The time
@@ -220,27 +261,49 @@ class Vecq:
             r.close()
         return len(beats) >= self.workers and all(name in (b.get("collections") or {}) for b in beats)
 
-    def wal_order(self, name: str) -> tuple[np.ndarray, list[int]]:
-        """The rows in WAL order and the size of each add entry: how every worker builds its index. Read-only."""
-        from common import collections, wal
+    def row_order(self, name: str) -> tuple[np.ndarray, list[int]]:
+        """The collection's rows (ids are row numbers) in the order its segments hold them, and the rows of each
+        segment, read from the segment store (ids.bin, id_offsets.npy) without faiss; then the log written since
+        the newest seal, as one more part. A seal writes a segment's live rows in log order and trims the log to
+        what the segments cover: this reads both sides of that line, so it holds whatever was sealed. Read-only."""
+        from common import collections, segments
 
         assert self.stack is not None
         r = redis.Redis.from_url(self.stack.redis_url or "")
         try:
             col = collections.get(r, name)
-            rows: list[int] = []
-            sizes: list[int] = []
-            after = "0-0"
-            while True:
-                _, entries = wal.read_after(r, col, after, 64)
-                for entry in entries:
-                    if entry.op != "add":
-                        raise RuntimeError(f"unexpected {entry.op} entry in the benchmark's WAL")
-                    rows.extend(int(i) for i in entry.ids)
-                    sizes.append(len(entry.ids))
-                    after = entry.lsn
-                if len(entries) < 64:
-                    break
+            for _ in range(5):  # a seal committing between the manifest read and the log read: read again
+                manifest = segments.read(r, col)
+                rows: list[int] = []
+                parts: list[int] = []
+                for info in manifest.segments:
+                    path = self.segment_store / col.name / col.uid / info.id
+                    blob = (path / "ids.bin").read_bytes()
+                    offsets = np.load(path / "id_offsets.npy").tolist()
+                    rows.extend(int(blob[offsets[i]:offsets[i + 1]]) for i in range(len(offsets) - 1))
+                    parts.append(len(offsets) - 1)
+                tail = self._log_rows(r, col, manifest.sealed_lsn)
+                if tail is not None:
+                    rows.extend(tail)
+                    return np.asarray(rows, dtype=np.int64), parts + ([len(tail)] if tail else [])
         finally:
             r.close()
-        return np.asarray(rows, dtype=np.int64), sizes
+        raise RuntimeError(f"the segments of {name} kept changing while the benchmark read them")
+
+    @staticmethod
+    def _log_rows(r: redis.Redis, col: Any, after: str) -> list[int] | None:
+        """Row numbers of the adds in the log after `after`; None if the log was trimmed past it meanwhile."""
+        from common import wal
+
+        rows: list[int] = []
+        while True:
+            trimmed, entries = wal.read_after(r, col, after, 64)
+            if wal.needs_reload(after, trimmed):
+                return None
+            for entry in entries:
+                if entry.op != "add":
+                    raise RuntimeError(f"unexpected {entry.op} entry in the benchmark's log")
+                rows.extend(int(i) for i in entry.ids)
+                after = entry.lsn
+            if len(entries) < 64:
+                return rows

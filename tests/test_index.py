@@ -14,6 +14,7 @@ from common.collections import Collection
 from common.errors import InvalidInput
 from common.segments import Manifest
 from common.wal import Entry
+from worker import index as worker_index
 from worker import sealing
 from worker.collection_copy import CollectionCopy
 from worker.index import probe, spec_kind, use_blas_from
@@ -161,6 +162,25 @@ def test_specs_that_cannot_serve_are_refused_naming_index(spec: str) -> None:
     with pytest.raises(InvalidInput) as info:
         probe(16, "l2", spec)
     assert info.value.field == "index"
+
+
+def test_probing_a_pq_spec_skips_polysemous_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe's small index must not run FAISS's polysemous training (on by default for a factory PQ): it checks
+    nothing the probe needs, and made creating an `IVF1024,PQ32` collection at dim 128 take 72 s of a worker here,
+    past the create request's default wait."""
+    made: list[faiss.Index] = []
+    real = worker_index.factory
+
+    def spy(dim: int, metric: str, spec: str) -> faiss.Index:
+        made.append(real(dim, metric, spec))
+        return made[-1]
+
+    monkeypatch.setattr(worker_index, "factory", spy)
+    for spec in ("IVF8,PQ4", "OPQ4,IVF8,PQ4x4"):
+        assert worker_index.innermost(real(16, "l2", spec)).do_polysemous_training  # FAISS's default
+        probe(16, "l2", spec)
+        assert not worker_index.innermost(made[-1]).do_polysemous_training
+        assert made[-1].is_trained and made[-1].ntotal > 0  # the probe went on to train and add
 
 
 def test_a_trained_spec_waits_for_enough_rows_to_train(tmp_path: Path) -> None:
