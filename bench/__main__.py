@@ -4,6 +4,7 @@ sealed-segments section (issue #14: memory, build once, cold start, trained spec
     make bench                                  # N=100k, D=128, Flat and HNSW32, 2 workers; then segments
     make bench BENCH_ARGS="--quick"             # small sizes: a smoke run
     python -m bench --only segments             # the segments section alone, merged into bench/results/latest.*
+    python -m bench --only filtered             # filtered search (issue #15) alone: bench/results/filtered.*
     python -m bench --only main --n 200000 --index Flat --concurrency 1,16,64 --duration 8
 """
 
@@ -66,8 +67,9 @@ def parser() -> argparse.ArgumentParser:
                    help="VECQ_COALESCE_MAX_INFLIGHT values (per API process) to try (1,2)")
     p.add_argument("--tune-delay", type=floats, dest="tune_delay",
                    help="VECQ_COALESCE_MAX_DELAY_MS values to try (5,10,20,40)")
-    p.add_argument("--only", choices=["main", "segments"],
-                   help="one part: main (everything but segments) or segments (merged into an existing latest.json)")
+    p.add_argument("--only", choices=["main", "segments", "filtered"],
+                   help="one part: main (everything but segments), segments (merged into an existing latest.json) "
+                   "or filtered (filtered search, issue #15: bench/results/filtered.*)")
     p.add_argument("--seg-n", type=int, dest="seg_n", help=f"segments: rows of the trained collections ({d.seg_n:,})")
     p.add_argument("--seg-hnsw-n", type=int, dest="seg_hnsw_n",
                    help=f"segments: rows of the HNSW32 collection (build once, cold start, memory; "
@@ -128,13 +130,23 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     cfg = config(argv)
-    render = parser().parse_args(argv).render
+    args = parser().parse_args(argv)
+    render = args.render
+    if cfg.only == "filtered":
+        from bench import filtered
+
+        filtered.run(bool(args.quick), cfg.out)
+        return 0
     result = json.loads(render.read_text()) if render else run(cfg)
     if not render and cfg.only == "segments":
         result = merged(result, cfg.out / "latest.json")
     paths = report.write(result, cfg.out)
     print(f"\nwrote {', '.join(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p) for p in paths.values())}",
           file=sys.stderr)
+    if not render and cfg.only is None:  # the whole benchmark: the filtered-search section too
+        from bench import filtered
+
+        filtered.run(bool(args.quick), cfg.out)
     return 0
 
 
