@@ -498,6 +498,32 @@ def test_a_job_of_a_worker_killed_whole_runs_again_elsewhere_within_30s(new_stac
     r.close()
 
 
+def test_a_job_that_meets_a_redis_restart_still_finishes(new_stack) -> None:  # type: ignore[no-untyped-def]
+    """Found by the soak (bench/soak.py), which restarts Redis under load: a job that met Redis gone (its WAL
+    append ran but the reply was lost to the shutdown, then its finish found Redis down) raised out of run_job.
+    Celery acked it, and its record stayed `running` for the job TTL: a write applied but never acknowledged,
+    its client polling a job that would never end. A job now waits for Redis to come back and finishes."""
+    s = new_stack(workers=1)
+    assert s.redis_proc is not None and s.redis_url is not None
+    r = redis.Redis.from_url(s.redis_url)
+    producer = make_celery(Settings(redis_url=s.redis_url, queue="vecq"))
+    job_id = uuid.uuid4().hex
+    jobs.create(r, job_id, "sleep", None, ttl=600)
+    producer.send_task("vecq.test.sleep", kwargs={"seconds": 2}, task_id=job_id, queue="vecq")
+    wait_for("the job to start", lambda: job(r, job_id)["status"] == "running", 30)
+    r.close()
+    port = int(s.redis_url.rsplit(":", 1)[1].split("/")[0])
+    s.redis_proc.stop()  # SIGTERM while the job sleeps: it finishes while Redis is down
+    time.sleep(6)
+    s.start_redis(port)  # the same port and AOF
+    r = redis.Redis.from_url(s.redis_url)
+    done = wait_for("the job to finish", lambda: (x := job(r, job_id))["status"] in jobs.TERMINAL and x, 30,
+                    every=0.2)
+    assert done["status"] == "succeeded" and done["attempts"] == 1 and done["result"] == {"slept": 2}, done
+    assert "redis unavailable" in log_of(s, "worker1")
+    r.close()
+
+
 def test_a_job_killed_at_its_hard_time_limit_ends_failed(new_stack) -> None:  # type: ignore[no-untyped-def]
     """A job that sleeps through its soft time limit (as a long FAISS call does) is killed at the hard one; its
     record ends `failed` with a timeout, not `running` until it expires, and the worker serves on."""

@@ -9,7 +9,9 @@ import uuid
 import httpx
 import numpy as np
 import pytest
+import redis
 
+from common import keys
 from tests.helpers import add, brute_force, count, delete, ids_of, search
 
 
@@ -243,3 +245,24 @@ def test_create_is_owned_by_its_job_and_chunks_are_fixed_at_submission(stack, ap
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert r.xlen(keys.wal(col.name, made.uid)) == 4  # 3 + 3 + 3 + 1 rows
+
+
+def test_an_ended_job_keeps_no_watchers_set(api: httpx.Client, r: redis.Redis, make_collection) -> None:  # type: ignore[no-untyped-def]
+    """Found by the soak's census of Redis (bench/soak.py): each job's watchers set (the API processes to tell when
+    it ends) lived as long as its record, a day, and was 41 % of what a write left in Redis though nobody reads it
+    once the job has ended. The job's end deletes it, and a long poll of an ended job adds none."""
+    name = make_collection(dim=4)
+    resp = api.post(f"/v1/collections/{name}/vectors", params={"wait": 10}, json={"vectors": [[1, 2, 3, 4]],
+                                                                                  "ids": ["a"]})
+    assert resp.status_code == 200, resp.text
+    waited = api.get("/v1/jobs", params={"collection": name}).json()["jobs"][0]["job_id"]
+    assert r.exists(keys.job(waited)) and not r.exists(keys.job_watchers(waited))
+    resp = api.post(f"/v1/collections/{name}/vectors", json={"vectors": [[4, 3, 2, 1]], "ids": ["b"]})
+    assert resp.status_code == 202, resp.text
+    polled = resp.json()["job_id"]
+    assert api.get(f"/v1/jobs/{polled}", params={"wait": 10}).json()["status"] == "succeeded"
+    assert api.get(f"/v1/jobs/{polled}", params={"wait": 10}).json()["status"] == "succeeded"
+    assert r.exists(keys.job(polled)) and not r.exists(keys.job_watchers(polled))
+    canceled = api.delete(f"/v1/jobs/{polled}")
+    assert canceled.status_code == 409  # it ran: nothing to cancel, and still no watchers set
+    assert not r.exists(keys.job_watchers(polled))

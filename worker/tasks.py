@@ -12,9 +12,10 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+import redis.exceptions
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -51,6 +52,28 @@ from worker.search import Limits, Member, parse_filter, run_search
 log = logging.getLogger("vecq.jobs")
 IDS_IN_RESULT_MAX = 10_000
 DEFERRED = object()  # a body's result meaning "another job finishes this record" (a bulk ingest's last part)
+REDIS_OUTAGE_S = 120.0  # how long a job waits for Redis to come back (a restart, an AOF load) before giving up
+T = TypeVar("T")
+
+
+def through_outage(step: Callable[[], T], job_id: str, what: str) -> T:
+    """Run `step`; while Redis is unreachable, wait for it and run `step` again, for at most REDIS_OUTAGE_S.
+
+    Only for steps that a redelivery would run again anyway: the claim, a job's body (WAL appends are deduplicated
+    by job and chunk, so an append that ran but whose reply was lost finds its LSN), the finish. Without this, a
+    Redis restart under load left jobs `running` for the job TTL: the error escaped into Celery, which acked the
+    message, so nobody ever finished it (found by bench/soak.py)."""
+    deadline = time.monotonic() + REDIS_OUTAGE_S
+    delay = 0.2
+    while True:
+        try:
+            return step()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:  # BusyLoading included
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("job=%s %s: redis unavailable (%s); again in %.1fs", job_id, what, exc, delay)
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
 
 
 def run_job(task: Task, job_type: str, collection: str | None, body: Callable[[state.ProcessState, str], Any],
@@ -61,8 +84,9 @@ def run_job(task: Task, job_type: str, collection: str | None, body: Callable[[s
     st = state.current()
     job_id: str = task.request.id
     started = time.perf_counter()
-    claim = jobs.claim(st.r, job_id, worker=st.worker, max_attempts=st.settings.max_attempts,
-                       ttl=st.settings.job_ttl_s, job_type=job_type, collection=collection, listed=listed)
+    claim = through_outage(lambda: jobs.claim(st.r, job_id, worker=st.worker, max_attempts=st.settings.max_attempts,
+                                              ttl=st.settings.job_ttl_s, job_type=job_type, collection=collection,
+                                              listed=listed), job_id, "claim")
     if claim is jobs.Claim.SKIP:
         return
     error: dict[str, Any] | None = None
@@ -72,7 +96,7 @@ def run_job(task: Task, job_type: str, collection: str | None, body: Callable[[s
                  "message": f"gave up after {st.settings.max_attempts} deliveries: each one lost its worker"}
     else:
         try:
-            result = body(st, job_id)
+            result = through_outage(lambda: body(st, job_id), job_id, job_type)
         except VecqError as exc:
             error = exc.to_dict()
         except SoftTimeLimitExceeded:
@@ -86,7 +110,8 @@ def run_job(task: Task, job_type: str, collection: str | None, body: Callable[[s
         except Exception:
             log.exception("job %s (%s): on_fail raised", job_id, job_type)
     deferred = result is DEFERRED and error is None
-    finished = False if deferred else jobs.finish(st.r, job_id, result=result, error=error)
+    finished = False if deferred else through_outage(lambda: jobs.finish(st.r, job_id, result=result, error=error),
+                                                     job_id, "finish")
     duration_ms = (time.perf_counter() - started) * 1000
     status = "deferred" if deferred else "failed" if error else "succeeded"
     if finished:  # counted once, by whoever made the record terminal
@@ -319,19 +344,23 @@ def search_batch(task: Task, collection: str, uid: str | None, vectors_b64: str,
     st = state.current()
     started_at, started = time.time(), time.perf_counter()
     batch_id: str = task.request.id
-    claim = jobs.claim_delivery(st.r, batch_id, max_attempts=st.settings.max_attempts, ttl=st.settings.job_ttl_s)
+    claim = through_outage(lambda: jobs.claim_delivery(st.r, batch_id, max_attempts=st.settings.max_attempts,
+                                                       ttl=st.settings.job_ttl_s), batch_id, "claim")
     outcomes: list[tuple[dict[str, Any], Any, dict[str, Any] | None]] = []
     if claim is jobs.Claim.POISONED:
         error = {"code": "poisoned", "field": None, "message": "gave up: each delivery lost its worker"}
         outcomes = [(m, None, error) for m in members]
     else:
-        try:
+        def search() -> list[Any]:
             col = resolve(st, collection, uid)
             where = parse_filter(filter_text)
             copy = st.registry.ready(col, consistency, min_lsn)
             queries = decode_vectors(vectors_b64, col.dim)
             wanted = [Member.from_message(m) for m in members]
-            results = run_search(copy, queries, wanted, params, limits(st), st.worker, where)
+            return run_search(copy, queries, wanted, params, limits(st), st.worker, where)
+
+        try:
+            results = through_outage(search, batch_id, "search")
             outcomes = [(m, res, None) for m, res in zip(members, results, strict=True)]
         except VecqError as exc:
             outcomes = [(m, None, exc.to_dict()) for m in members]
@@ -340,11 +369,16 @@ def search_batch(task: Task, collection: str, uid: str | None, vectors_b64: str,
             error = {"code": "internal", "message": f"{type(exc).__name__}: {exc}", "field": None}
             outcomes = [(m, None, error) for m in members]
     duration_ms = (time.perf_counter() - started) * 1000
-    with st.r.pipeline(transaction=False) as pipe:
-        jobs.finish_members(pipe, batch_id, outcomes, reply_to=reply_to, started_at=started_at, worker=st.worker,
-                            hold_s=hold_s)
-        stats.add_jobs(pipe, [("search", "failed" if e else "succeeded", duration_ms / 1000) for _, _, e in outcomes])
-        pipe.execute()
+
+    def finish() -> None:
+        with st.r.pipeline(transaction=False) as pipe:  # the pipeline loads its script if Redis lost it
+            jobs.finish_members(pipe, batch_id, outcomes, reply_to=reply_to, started_at=started_at, worker=st.worker,
+                                hold_s=hold_s)
+            stats.add_jobs(pipe, [("search", "failed" if e else "succeeded", duration_ms / 1000)
+                                  for _, _, e in outcomes])
+            pipe.execute()
+
+    through_outage(finish, batch_id, "finish")
     failed = sum(1 for _, _, e in outcomes if e is not None)
     st.jobs_done += len(outcomes)
     st.last_job = {"job_id": batch_id, "type": "search", "collection": collection, "members": len(members),
