@@ -183,3 +183,22 @@ def test_client_filters_count_and_delete_where(stack, api: httpx.Client) -> None
         assert vq.count(name, {"lang": "en"}) == 1 and vq.count(name) == 3
         assert vq.delete_where(name, {"lang": {"$exists": False}}) == 1
         assert vq.count(name) == 2
+
+
+def test_cli_search_with_a_filter(stack, api: httpx.Client) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    from vecq.stack import ROOT
+
+    name = create(api, 2)
+    add(api, name, [[1, 0], [0.9, 0.1], [0, 1]], ["a", "b", "c"], metadata=[{"lang": "en"}, {"lang": "fr"}, None])
+    out = subprocess.run([sys.executable, "-m", "vecq.cli", "search", name, "--vector", "[1, 0]", "-k", "3",
+                          "--metadata", "--filter", '{"lang": {"$ne": "en"}}', "--url", stack.api_url],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    res = json.loads(out.stdout)
+    assert [h["id"] for h in res["results"][0]] == ["b", "c"] and res["results"][0][0]["metadata"] == {"lang": "fr"}
+    bad = subprocess.run([sys.executable, "-m", "vecq.cli", "search", name, "--vector", "[1, 0]", "--filter",
+                          '{"lang": {"$regex": "e"}}', "--url", stack.api_url], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 1 and "filter.lang.$regex" in bad.stderr

@@ -64,6 +64,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return show(args.url, args.api_key)
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    """One search, its hits as JSON on stdout (what `POST /v1/collections/{name}/search` answers)."""
+    import json
+
+    import numpy as np
+
+    from vecq.client import Client, VecqHTTPError
+
+    vectors = np.load(args.file) if args.file else np.asarray(json.loads(args.vector), dtype=np.float64)
+    where = json.loads(args.filter) if args.filter else None
+    try:
+        with Client(args.url, args.api_key) as vq:
+            res = vq.search(args.collection, vectors, args.k, filter=where, include_metadata=args.metadata,
+                            params=json.loads(args.params) if args.params else None)
+    except VecqHTTPError as exc:
+        print(f"vecq search: {exc}", file=sys.stderr)
+        return 1
+    print(res.model_dump_json(exclude_none=True, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vecq", description="vecq vector search service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--url", default=None, help="API base URL (default: $VECQ_URL or http://127.0.0.1:8000)")
     status.add_argument("--api-key", default=None, help="API key (default: $VECQ_API_KEY)")
     status.set_defaults(func=cmd_status)
+    search = sub.add_parser("search", help="search a collection; the hits as JSON",
+                            epilog="""example: vecq search docs --vector '[0.9, 0.1, 0]' -k 2 --metadata """
+                            """--filter '{"lang": {"$in": ["en", "fr"]}, "year": {"$gte": 2020}}' """
+                            "(filters: docs/filters.md)")
+    search.add_argument("collection")
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("--vector", help="a JSON list of numbers, or a list of such lists")
+    query.add_argument("--file", help="a .npy file of query vectors (one per row)")
+    search.add_argument("-k", type=int, default=10, help="hits per query (default 10)")
+    search.add_argument("--filter", help="a metadata filter, JSON (docs/filters.md)")
+    search.add_argument("--params", help='index parameters, JSON, e.g. \'{"efSearch": 128}\'')
+    search.add_argument("--metadata", action="store_true", help="include each hit's metadata")
+    search.add_argument("--url", default=None, help="API base URL (default: $VECQ_URL or http://127.0.0.1:8000)")
+    search.add_argument("--api-key", default=None, help="API key (default: $VECQ_API_KEY)")
+    search.set_defaults(func=cmd_search)
     from vecq.ingest import add_parser as add_ingest  # pyarrow, numpy and rich: loaded for the CLI only
 
     add_ingest(sub)
