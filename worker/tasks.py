@@ -332,14 +332,19 @@ def get_vector(self: Task, *, collection: str, id: str, uid: str | None = None,
 
 
 def under_seal_lock(st: state.ProcessState, job_id: str, col: Collection,
-                    work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run a seal or a compaction holding the collection's seal lock (taken back by this job's redelivery)."""
-    if not segments.lock(st.r, col, st.settings.task_time_limit_s, owner=job_id):
+                    work: Callable[[], dict[str, Any]], defer: bool = False) -> dict[str, Any]:
+    """Run a seal or a compaction holding the collection's seal lock (taken back by this job's redelivery). A seal
+    (`defer`) that finds the lock held leaves its request to the holder; the holder, once it has let the lock go,
+    requests the seal again if one is due that could not run or be requested meanwhile (segments.settled)."""
+    if not segments.lock(st.r, col, st.settings.task_time_limit_s, owner=job_id, defer=defer):
         return {"skipped": "another seal or compaction of this collection is running"}
     try:
         return work()
     finally:
         segments.unlock(st.r, col, job_id)
+        if segments.settled(st.r, col):
+            app.send_task(SEAL, kwargs={"collection": col.name, "uid": col.uid}, queue=st.settings.queue,
+                          ignore_result=True)
 
 
 @app.task(name=SEAL, bind=True)
@@ -350,11 +355,8 @@ def seal(self: Task, *, collection: str, uid: str | None = None) -> None:
     def body(st: state.ProcessState, job_id: str) -> dict[str, Any]:
         col = resolve(st, collection, uid)
         store = segment_files.root(st.settings)
-        try:
-            result = under_seal_lock(st, job_id, col, lambda: sealing.seal(st.r, st.settings, st.registry, store,
-                                                                           col))
-        finally:
-            segments.settled(st.r, col)
+        result = under_seal_lock(st, job_id, col, lambda: sealing.seal(st.r, st.settings, st.registry, store, col),
+                                 defer=True)
         copy = st.registry.ready(col, "strong")
         if sealing.compaction_due(copy, st.settings.compact_max_segments, st.settings.compact_dead_fraction):
             app.send_task(COMPACT, kwargs={"collection": col.name, "uid": col.uid}, queue=st.settings.queue,
