@@ -142,20 +142,24 @@ def commit(r: redis.Redis, col: Collection, expected: Manifest, new: Manifest) -
     return replace(new, gen=gen)
 
 
-# Held by another owner: refused. Held by this owner (a job redelivered after its worker was killed while
-# holding it): taken over, so a crash does not block seals of the collection until the lock expires.
+# Held by another owner: refused (a seal refused leaves its request to the holder: `again`, see settled). Held by
+# this owner (a job redelivered after its worker was killed while holding it): taken over, so a crash does not
+# block seals of the collection until the lock expires.
 _LOCK = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('EXPIRE', KEYS[1], ARGV[2]) return 1 end
+if ARGV[3] == '1' then redis.call('HSET', KEYS[2], 'again', 1) end
 return 0
 """
 _UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
-def lock(r: redis.Redis, col: Collection, ttl_s: int, owner: str) -> bool:
+def lock(r: redis.Redis, col: Collection, ttl_s: int, owner: str, defer: bool = False) -> bool:
     """One seal or compaction per collection at a time. `owner` (the job id) lets a redelivery of the same job
-    take back the lock its killed first delivery held."""
-    return bool(r.register_script(_LOCK)(keys=[keys.seal_lock(col.name, col.uid)], args=[owner, ttl_s]))
+    take back the lock its killed first delivery held. `defer` (a seal): refused, it leaves its request to the
+    holder, in the same step, so that the holder's `settled` requests the seal again."""
+    return bool(r.register_script(_LOCK)(keys=[keys.seal_lock(col.name, col.uid), keys.seal_state(col.name, col.uid)],
+                                         args=[owner, ttl_s, "1" if defer else "0"]))
 
 
 def unlock(r: redis.Redis, col: Collection, owner: str) -> None:
@@ -163,13 +167,18 @@ def unlock(r: redis.Redis, col: Collection, owner: str) -> None:
 
 
 # Count the rows written since the newest seal; once they pass the threshold, one caller (and only one until the
-# request is settled or goes stale) is told to enqueue a seal. Only while the collection is this incarnation.
+# request is settled or goes stale) is told to enqueue a seal; a caller past the threshold while a request is
+# pending marks it `again` (the pending seal may be running already and miss its rows). Only while the collection
+# is this incarnation.
 _NOTE = """
 if redis.call('HGET', KEYS[2], 'uid') ~= ARGV[5] then return 0 end
 local rows = redis.call('HINCRBY', KEYS[1], 'rows', ARGV[1])
 if rows < tonumber(ARGV[2]) then return 0 end
 local at = redis.call('HGET', KEYS[1], 'requested_at')
-if at and tonumber(ARGV[3]) - tonumber(at) < tonumber(ARGV[4]) then return 0 end
+if at and tonumber(ARGV[3]) - tonumber(at) < tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[1], 'again', 1)
+  return 0
+end
 redis.call('HSET', KEYS[1], 'requested_at', ARGV[3])
 return 1
 """
@@ -198,9 +207,20 @@ def sealed(r: redis.Redis, col: Collection, covered_rows: int, lsn: Lsn, seconds
                                args=[col.uid, covered_rows, lsn, f"{time.time():.3f}", round(seconds, 3)])
 
 
-def settled(r: redis.Redis, col: Collection) -> None:
-    """The requested seal ran (or gave up): the next write past the threshold may request another."""
-    r.hdel(keys.seal_state(col.name, col.uid), "requested_at")
+_SETTLE = """
+local again = redis.call('HGET', KEYS[1], 'again')
+redis.call('HDEL', KEYS[1], 'requested_at', 'again')
+if not again then return 0 end
+redis.call('HSET', KEYS[1], 'requested_at', ARGV[1])
+return 1
+"""
+
+
+def settled(r: redis.Redis, col: Collection) -> bool:
+    """A seal or a compaction that held the lock is done: the next write past the threshold may request a seal.
+    True if a seal is due that could not be requested or run meanwhile (writes past the threshold while a request
+    was pending, or a seal refused the lock): it is requested in the same step, and the caller enqueues it."""
+    return bool(r.register_script(_SETTLE)(keys=[keys.seal_state(col.name, col.uid)], args=[f"{time.time():.3f}"]))
 
 
 @dataclass(frozen=True)

@@ -147,8 +147,13 @@ def test_auto_seal_compaction_and_log_trim(new_stack) -> None:  # type: ignore[n
         delete(api, name, [f"a{i}" for i in range(0, 1200, 2)])  # half dead: a compaction is due too
 
         def settled() -> dict[str, Any] | None:
+            # At most VECQ_COMPACT_MAX_SEGMENTS segments once a compaction ran: one that ran before the delete was
+            # sealed already dropped the rows it deletes, and the delete's tombstones then make a segment of their
+            # own, which nothing makes due for a compaction (two segments, no dead rows).
             d = info(api, name)
-            return d if len(d["segments"]) == 1 and d["growing_rows"] < 300 and d["sealed_lsn"] != "0-0" else None
+            compacted = "type=compact " in log_of(s, "worker1") + log_of(s, "worker2")
+            return d if compacted and len(d["segments"]) <= 2 and d["growing_rows"] < 300 and \
+                d["sealed_lsn"] != "0-0" else None
 
         deadline = time.monotonic() + 60
         while (described := settled()) is None:
@@ -163,6 +168,41 @@ def test_auto_seal_compaction_and_log_trim(new_stack) -> None:  # type: ignore[n
         ids = ids_of(search(api, name, data[1:20:2], k=1))
         assert [row[0] for row in ids] == [f"a{i}" for i in range(1, 20, 2)]
         assert search(api, name, data[0:1], k=1)["results"][0][0]["id"] != "a0"
+    r.close()
+
+
+def test_a_seal_due_while_another_seal_or_compaction_holds_the_lock_still_runs(new_stack) -> None:  # type: ignore[no-untyped-def]
+    """Writes past VECQ_SEAL_EVERY_ROWS while the collection's seal lock is held (a seal or a compaction running):
+    the seal they request cannot run then, and writes meanwhile cannot request another. When the holder is done,
+    the seal must still happen, without waiting for a later write (an upload's rows would otherwise stay in every
+    worker's growing segment). The holder here is a compaction job whose id the test took the lock with."""
+    from common import collections, segments
+    from common.celery_app import COMPACT, make_celery
+    from common.settings import Settings
+
+    s = new_stack(workers=1, env={"VECQ_SEAL_EVERY_ROWS": "100"})
+    r = redis.Redis.from_url(s.redis_url or "")
+    data = np.random.default_rng(26).standard_normal((200, 8)).astype(np.float32)
+    with httpx.Client(base_url=s.api_url or "", timeout=60) as api:
+        name = create(api, 8)
+        col = collections.get(r, name)
+        holder = uuid.uuid4().hex
+        assert segments.lock(r, col, 120, owner=holder)  # as a compaction that is running
+        add(api, name, data[:150], [f"h{i}" for i in range(150)])  # past the threshold: a seal is requested ...
+        deadline = time.monotonic() + 30
+        while "type=seal " not in log_of(s, "worker1"):  # ... and finds the lock held
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        add(api, name, data[150:], [f"h{i}" for i in range(150, 200)])  # while its request is pending
+        assert info(api, name)["sealed_rows"] == 0
+        producer = make_celery(Settings(redis_url=s.redis_url, queue="vecq"))
+        producer.send_task(COMPACT, kwargs={"collection": name, "uid": col.uid}, task_id=holder, queue="vecq")
+        deadline = time.monotonic() + 30
+        while (described := info(api, name))["sealed_rows"] < 200:
+            assert time.monotonic() < deadline, described  # no further write comes to request it
+            time.sleep(0.2)
+        assert described["growing_rows"] == 0 and described["count"] == 200
+        assert "type=compact " in log_of(s, "worker1")
     r.close()
 
 

@@ -404,17 +404,37 @@ def get_vector(self: Task, *, collection: str, id: str, uid: str | None = None,
 
 
 def under_seal_lock(st: state.ProcessState, job_id: str, col: Collection,
-                    work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run a seal or a compaction holding the collection's seal lock (taken back by this job's redelivery). A job
-    that finds the lock held is skipped; whoever holds it asks for the seal that is still due when it is done."""
-    if not segments.lock(st.r, col, st.settings.seal_time_limit_s, owner=job_id):
+                    work: Callable[[], dict[str, Any]], defer: bool = False) -> dict[str, Any]:
+    """Run a seal or a compaction holding the collection's seal lock (taken back by this job's redelivery). A seal
+    (`defer`) that finds the lock held leaves its request to the holder; the holder, once it has let the lock go,
+    requests the seal again if one is due that could not run or be requested meanwhile (segments.settled)."""
+    if not segments.lock(st.r, col, st.settings.seal_time_limit_s, owner=job_id, defer=defer):
         return {"skipped": "another seal or compaction of this collection is running"}
     try:
-        return work()
+        result = work()
     finally:
         segments.unlock(st.r, col, job_id)
-        segments.settled(st.r, col)
-        maybe_seal(st, col, 0)  # rows written meanwhile, or a seal request skipped while we held the lock
+        if segments.settled(st.r, col):
+            app.send_task(SEAL, kwargs={"collection": col.name, "uid": col.uid}, queue=st.settings.queue,
+                          ignore_result=True)
+    # After a seal, or a compaction that could not merge everything: and since a compaction that found the lock
+    # held was skipped, whoever held it asks again. Not after a failure, which would only repeat itself.
+    if maybe_compact(st, col):
+        result["compaction"] = "requested"
+    return result
+
+
+def maybe_compact(st: state.ProcessState, col: Collection) -> bool:
+    """Request a compaction when the segments pass `compact_max_segments` or `compact_dead_fraction`."""
+    try:
+        copy = st.registry.ready(col, "strong")
+    except NotFound:
+        return False
+    if not sealing.compaction_due(copy, st.settings.compact_max_segments, st.settings.compact_dead_fraction):
+        return False
+    app.send_task(COMPACT, kwargs={"collection": col.name, "uid": col.uid}, queue=st.settings.queue,
+                  ignore_result=True)
+    return True
 
 
 LONG = {"time_limit": get_settings().seal_time_limit_s,
@@ -429,13 +449,8 @@ def seal(self: Task, *, collection: str, uid: str | None = None) -> None:
     def body(st: state.ProcessState, job_id: str) -> dict[str, Any]:
         col = resolve(st, collection, uid)
         store = segment_files.root(st.settings)
-        result = under_seal_lock(st, job_id, col, lambda: sealing.seal(st.r, st.settings, st.registry, store, col))
-        copy = st.registry.ready(col, "strong")
-        if sealing.compaction_due(copy, st.settings.compact_max_segments, st.settings.compact_dead_fraction):
-            app.send_task(COMPACT, kwargs={"collection": col.name, "uid": col.uid}, queue=st.settings.queue,
-                          ignore_result=True)
-            result["compaction"] = "requested"
-        return result
+        return under_seal_lock(st, job_id, col, lambda: sealing.seal(st.r, st.settings, st.registry, store, col),
+                               defer=True)
 
     run_job(self, "seal", collection, body)
 
