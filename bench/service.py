@@ -263,7 +263,7 @@ class Vecq:
 
     def row_order(self, name: str) -> tuple[np.ndarray, list[int]]:
         """The collection's rows (ids are row numbers) in the order its segments hold them, and the rows of each
-        segment, read from the segment store (ids.bin, id_offsets.npy) without faiss; then the log written since
+        segment, read from the segment store (ids.bin, ids_offsets.npy) without faiss; then the log written since
         the newest seal, as one more part. A seal writes a segment's live rows in log order and trims the log to
         what the segments cover: this reads both sides of that line, so it holds whatever was sealed. Read-only."""
         from common import collections, segments
@@ -279,7 +279,7 @@ class Vecq:
                 for info in manifest.segments:
                     path = self.segment_store / col.name / col.uid / info.id
                     blob = (path / "ids.bin").read_bytes()
-                    offsets = np.load(path / "id_offsets.npy").tolist()
+                    offsets = np.load(path / "ids_offsets.npy").tolist()
                     rows.extend(int(blob[offsets[i]:offsets[i + 1]]) for i in range(len(offsets) - 1))
                     parts.append(len(offsets) - 1)
                 tail = self._log_rows(r, col, manifest.sealed_lsn)
