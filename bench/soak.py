@@ -1362,10 +1362,13 @@ def assertions(cfg: Config, res: dict[str, Any]) -> list[dict[str, Any]]:
 # Output
 
 
-def write_report(res: dict[str, Any], out: Path) -> dict[str, Path]:
+def write_report(res: dict[str, Any], out: Path, json_too: bool = True) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "soak.json", "md": out / "soak.md", "png": out / "soak.png"}
-    paths["json"].write_text(json.dumps(res, indent=1, default=str) + "\n")
+    if json_too:
+        paths["json"].write_text(json.dumps(res, indent=1, default=str) + "\n")
+    else:
+        del paths["json"]
     paths["md"].write_text(markdown(res))
     plot(res, paths["png"])
     return paths
@@ -1499,6 +1502,8 @@ def plot(res: dict[str, Any], path: Path) -> None:
     axes[2].set_xlabel("minutes from the start of the load")
     window_from = res["memory"]["from_offset_s"] / 60
     axes[2].axvspan(window_from, res["duration_s"] / 60, color="green", alpha=0.07, label="checked window")
+    if ts and ts[-1] > res["duration_s"] / 60:  # its searches return vectors, kept in Redis while their wait lasts
+        axes[2].axvspan(res["duration_s"] / 60, ts[-1], color="grey", alpha=0.07, label="verification (after the load)")
     axes[2].grid(True, alpha=0.3)
     colors = {"kill_pool_child": "orange", "kill_worker": "red", "restart_redis": "purple", "ingest_start": "blue",
               "seal": "grey", "compaction": "black"}
@@ -1549,13 +1554,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help=f"data seed ({d.seed})")
     p.add_argument("--out", type=Path, help="results directory (default bench/results; --quick: bench/results/quick)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, driver output) even on success")
+    p.add_argument("--render", type=Path, metavar="JSON", help="only rewrite soak.md and soak.png of an earlier run's "
+                   "soak.json (into --out)")
     p.add_argument("--driver", type=Path, help=argparse.SUPPRESS)  # the load child: python -m bench.soak --driver SPEC
     return p
 
 
 def config(argv: list[str]) -> Config:
     args = parser().parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("quick", "driver") and v is not False}
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k not in ("quick", "driver", "render") and v is not False}
     base = {**QUICK, **given} if args.quick else given
     if args.quick and args.out is None:  # a smoke run never replaces the committed full results
         base["out"] = ROOT / "bench" / "results" / "quick"
@@ -1572,6 +1580,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.driver is not None:
         return driver_main(args.driver)
     cfg = config(argv)
+    if args.render is not None:
+        res = json.loads(args.render.read_text())
+        paths = write_report(res, cfg.out, json_too=False)
+        print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+        return 0 if all(a["ok"] for a in res["assertions"]) else 1
 
     def alarm(_signum: int, _frame: object) -> None:
         raise Budget(f"the soak ran past its time budget of {budget:.0f}s")
