@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from bench.filtered import random_doc, random_filter
 from common import filters
 from common.errors import InvalidInput
 from common.filters import And, Compare, Exists, Member, Not, Or
@@ -362,66 +363,8 @@ def test_canonical_normalizes_a_hand_built_ast() -> None:
 
 # ------------------------------------------------------------------------------------ random filters
 
-PATHS = ["a", "b", "c.d", "tags"]
-VALUES: list[Any] = [0, 1, 1.0, 2, 2.5, -1, True, False, "", "a", "b", "ab"]
-RANGE_VALUES: list[Any] = [0, 1, 1.5, 2, -1, "", "a", "ab", "b"]
-
-
-def random_condition(rng: random.Random) -> Any:
-    if rng.random() < 0.3:
-        return rng.choice(VALUES)
-    ops: dict[str, Any] = {}
-    for _ in range(rng.randint(1, 2)):
-        op = rng.choice(filters.FIELD_OPERATORS)
-        if op in ("$eq", "$ne"):
-            ops[op] = rng.choice(VALUES)
-        elif op in ("$in", "$nin"):
-            ops[op] = [rng.choice(VALUES) for _ in range(rng.choice([0, 1, 2, 3]))]
-        elif op == "$exists":
-            ops[op] = rng.random() < 0.5
-        else:
-            ops[op] = rng.choice(RANGE_VALUES)
-    return ops
-
-
-def random_filter(rng: random.Random, depth: int = 0) -> dict[str, Any]:
-    raw: dict[str, Any] = {}
-    for _ in range(rng.randint(1, 3)):
-        if depth < 3 and rng.random() < 0.35:
-            key = rng.choice(filters.LOGICAL_OPERATORS)
-            if key == "$not":
-                raw[key] = random_filter(rng, depth + 1)
-            else:
-                raw[key] = [random_filter(rng, depth + 1) for _ in range(rng.randint(1, 3))]
-        else:
-            raw[rng.choice(PATHS)] = random_condition(rng)
-    return raw
-
-
-def random_value(rng: random.Random) -> Any:
-    r = rng.random()
-    if r < 0.1:
-        return None
-    if r < 0.6:
-        return rng.choice(VALUES)
-    return [rng.choice([*VALUES, None]) for _ in range(rng.randint(0, 3))]
-
-
-def random_doc(rng: random.Random) -> dict[str, Any] | None:
-    if rng.random() < 0.05:
-        return None
-    doc: dict[str, Any] = {}
-    for key in ("a", "b", "tags"):
-        if rng.random() < 0.8:
-            doc[key] = random_value(rng)
-    r = rng.random()
-    if r < 0.3:
-        doc["c"] = {"d": random_value(rng)}
-    elif r < 0.45:
-        doc["c"] = [{"d": random_value(rng)}, {"e": 1}, {"d": random_value(rng)}]
-    elif r < 0.5:
-        doc["c"] = rng.choice([None, {}, "d"])
-    return doc
+# random_filter and random_doc (bench/filtered.py, imported above) are the generators the filtered-search
+# benchmark uses too: numbers vs booleans, 1 vs 1.0, lists, lists of objects, nested paths, null.
 
 
 def shuffled(raw: Any, rng: random.Random) -> Any:
