@@ -1,7 +1,7 @@
 """Sealed segments in Redis: each collection's manifest, its seal lock, and when a seal is due.
 
 Only this module writes `segments` (the manifest), `seal` (rows written since the newest seal, the pending seal
-request, the last seal's figures) and `seallock`. The segment files themselves are worker/segment_files.py's.
+request and a seal owed by the lock's holder) and `seallock`. The segment files are worker/segment_files.py's.
 
 A collection is a list of immutable sealed segments, in log order, plus the log after `sealed_lsn` (which every
 worker keeps in a growing segment of its own). The manifest is the commit point of a seal or a compaction: a hash
@@ -195,16 +195,17 @@ _SEALED = """
 if redis.call('HGET', KEYS[2], 'uid') ~= ARGV[1] then return 0 end
 local left = tonumber(redis.call('HGET', KEYS[1], 'rows') or '0') - tonumber(ARGV[2])
 if left < 0 then left = 0 end
-redis.call('HSET', KEYS[1], 'rows', left, 'lsn', ARGV[3], 'at', ARGV[4], 'seconds', ARGV[5])
+redis.call('HSET', KEYS[1], 'rows', left)
 return 1
 """
 
 
-def sealed(r: redis.Redis, col: Collection, covered_rows: int, lsn: Lsn, seconds: float) -> None:
+def sealed(r: redis.Redis, col: Collection, covered_rows: int) -> None:
     """A seal covering `covered_rows` written rows committed: they are no longer growing. Redelivered writes are
-    counted twice by note_writes, so the count is clamped at 0 rather than trusted to reach it exactly."""
+    counted twice by note_writes, so the count is clamped at 0 rather than trusted to reach it exactly. (When and
+    how long each seal took is in the manifest, per segment.)"""
     r.register_script(_SEALED)(keys=[keys.seal_state(col.name, col.uid), keys.collection(col.name)],
-                               args=[col.uid, covered_rows, lsn, f"{time.time():.3f}", round(seconds, 3)])
+                               args=[col.uid, covered_rows])
 
 
 _SETTLE = """
@@ -226,8 +227,6 @@ def settled(r: redis.Redis, col: Collection) -> bool:
 @dataclass(frozen=True)
 class SealState:
     growing_rows: int = 0
-    last_seal_at: float | None = None
-    last_seal_s: float | None = None
 
 
 async def astate(r: aredis.Redis, col: Collection) -> SealState:
@@ -237,6 +236,4 @@ async def astate(r: aredis.Redis, col: Collection) -> SealState:
 def _seal_state(raw: dict[Any, Any]) -> SealState:
     d = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
          for k, v in raw.items()}
-    return SealState(growing_rows=int(d.get("rows") or 0),
-                     last_seal_at=float(d["at"]) if d.get("at") else None,
-                     last_seal_s=float(d["seconds"]) if d.get("seconds") else None)
+    return SealState(growing_rows=int(d.get("rows") or 0))

@@ -98,7 +98,7 @@ def seal(r: Any, settings: Settings, registry: Registry, store: Path, col: Colle
         raise
     finish_trim(r, settings, store, col, committed)
     seconds = time.perf_counter() - started
-    segments.sealed(r, col, copy.growing.written_rows, lsn, seconds)
+    segments.sealed(r, col, copy.growing.written_rows)
     log.info("sealed collection=%s lsn=%s rows=%d deleted=%d segment=%s seconds=%.3f", col.name, lsn, len(ids),
              len(deleted), info.id if info else None, seconds)
     return {**result, "sealed": True, "sealed_lsn": lsn, "segments": len(new_segments),

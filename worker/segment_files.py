@@ -118,13 +118,6 @@ def open_segment(store: Path, col: Collection, info: SegmentInfo) -> SealedSegme
     return segment
 
 
-def read_rows(store: Path, col: Collection, info: SegmentInfo) -> SegmentRows:
-    path = collection_dir(store, col) / keys.check_token(info.id)
-    seg = open_segment(store, col, info)
-    return SegmentRows(seg.ids(), np.load(path / "vectors.npy"), seg.deleted,
-                       [seg.metadata_at(r) for r in range(seg.rows)])
-
-
 def write_trained(store: Path, col: Collection, index: faiss.Index) -> str:
     """Save the trained, empty template of a trained spec; returns its file name."""
     base = collection_dir(store, col)
