@@ -44,7 +44,7 @@ import redis.exceptions
 
 from api.dispatch import Dispatcher, Pending, RawResult, new_job_id, result_of
 from api.waiter import Outcome, Recheck
-from common import codec, filters, jobs
+from common import codec, jobs
 from common.celery_app import SEARCH
 from common.collections import Collection
 from common.errors import TooManyRequests
@@ -65,13 +65,7 @@ def search_kwargs(col: Collection, queries: np.ndarray, body: SearchRequest) -> 
     return {"collection": col.name, "uid": col.uid, "vectors_b64": codec.encode_vectors(queries), "k": body.k,
             "params": body.params.as_dict() if body.params else {}, "include_metadata": body.include_metadata,
             "include_vectors": body.include_vectors, "consistency": body.consistency, "min_lsn": body.min_lsn,
-            "filter": filter_text(body), "offset": body.offset, "score_threshold": body.score_threshold}
-
-
-def filter_text(body: SearchRequest) -> str | None:
-    """The request's filter in canonical form: one lane per filter (a batch is searched with one), and the text
-    the worker parses again (the API already refused a malformed one)."""
-    return filters.canonical(filters.parse(body.filter)) if body.filter else None
+            "filter": body.filter_text, "offset": body.offset, "score_threshold": body.score_threshold}
 
 
 @dataclass
@@ -159,7 +153,7 @@ def lane_key(col: Collection, body: SearchRequest) -> Hashable:
     params = tuple(sorted(body.params.as_dict().items())) if body.params else ()
     # min_lsn means something only to a session search: strong and eventual ones share a lane whatever they send.
     min_lsn = body.min_lsn if body.consistency == "session" else None
-    return (col.name, col.uid, body.consistency, min_lsn, params, filter_text(body))
+    return (col.name, col.uid, body.consistency, min_lsn, params, body.filter_text)  # one filter per batch
 
 
 class Searcher:

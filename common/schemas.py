@@ -3,10 +3,12 @@ settings or on the collection (dim, k max, id length) are checked by common/code
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from common import filters
 from common.codec import index_description_problem
 from common.status import JobStatus
 
@@ -122,6 +124,16 @@ class SearchRequest(Body):
     ))] | None = None
     offset: Annotated[int, Field(strict=True, ge=0, description="Skip the best `offset` hits (paging; "
                                  "k + offset <= VECQ_MAX_K_WITH_OFFSET).")] = 0
+
+    @cached_property
+    def where(self) -> filters.Filter | None:
+        """The parsed filter (InvalidInput naming its path), parsed once per request however often it is asked."""
+        return filters.parse(self.filter)
+
+    @cached_property
+    def filter_text(self) -> str | None:
+        """The filter in canonical form: the coalescing lane's key part and what the worker is sent."""
+        return filters.canonical(self.where) if self.where is not None else None
 
 
 class Hit(BaseModel):

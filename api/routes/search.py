@@ -42,7 +42,7 @@ async def search(name: CollectionName, body: SearchRequest, request: Request, ca
         raise InvalidInput(f"k must be at most {settings.max_k}", "k")
     if body.k + body.offset > settings.max_k_with_offset:
         raise InvalidInput(f"k + offset must be at most {settings.max_k_with_offset}", "offset")
-    where = filters.parse(body.filter)
+    where = body.where
     if body.consistency == "session" and body.min_lsn is None:
         raise InvalidInput("consistency 'session' needs min_lsn", "min_lsn")
     queries = query_matrix(body, col.dim, settings.max_query_vectors)
