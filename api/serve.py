@@ -39,7 +39,8 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def serve(host: str, port: int, log_level: str) -> None:
     """One API process: its own socket, uvicorn's own signal handling (graceful on SIGTERM)."""
-    config = uvicorn.Config(APP, log_level=log_level, access_log=False)
+    config = uvicorn.Config(APP, log_level=log_level, access_log=False,
+                            timeout_keep_alive=get_settings().api_keep_alive_s)
     uvicorn.Server(config).run(sockets=[listening_socket(host, port)])
 
 

@@ -351,8 +351,8 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
         rate = await search_rate()
         await issue(max(t0, time.time()), rate, fire_search)
 
-    # Keep-alive below uvicorn's 5 s: a pooled connection reused just as the server closes it for idleness is a
-    # "connection reset" that says nothing about vecq (the client's default, 15 s, races with it).
+    # Keep-alive below the API's (VECQ_API_KEEP_ALIVE_S): a pooled connection reused just as the server closes it
+    # for idleness is a "connection reset" that says nothing about vecq.
     search_conn = aiohttp.TCPConnector(limit=int(spec["search_inflight"]), keepalive_timeout=3)
     write_conn = aiohttp.TCPConnector(limit=256, keepalive_timeout=3)
     search_session = aiohttp.ClientSession(connector=search_conn, timeout=aiohttp.ClientTimeout(total=90))

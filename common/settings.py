@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     api_processes: int = Field(1, ge=1, description="API processes `vecq up` and `python -m api.serve` start.")
     api_host: str = Field("127.0.0.1", description="Where `vecq up` binds the API.")
     api_port: int = Field(8000, description="Port of the API under `vecq up`.")
+    api_keep_alive_s: int = Field(
+        75, ge=1, description="Seconds the API keeps an idle HTTP connection open. Longer than the clients' own "
+        "idle expiry (httpx 5 s, load balancers ~60 s): a pooled connection reused just as the server closes it "
+        "fails with no response."
+    )
     api_keys: str = Field(
         "", description="Comma-separated API keys, `key` or `key:glob:rw|ro`; empty = open (no auth)."
     )
