@@ -7,10 +7,12 @@ children, from worker_process_init on.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import faiss
 import redis
@@ -31,7 +33,7 @@ def _init(**_: object) -> None:
     setup_logging(settings.log_json)
     faiss.omp_set_num_threads(settings.omp_threads)
     index.use_blas_from(settings.blas_min_queries)
-    st = state.init(settings)
+    st = state.init(settings, send=functools.partial(send, settings.queue))
     _beat(st)  # visible before the possibly long load, and beating through it: a load may outlast the TTL
     threading.Thread(target=_beat_forever, args=(st,), name="vecq-heartbeat", daemon=True).start()
     started = time.perf_counter()
@@ -39,8 +41,13 @@ def _init(**_: object) -> None:
         time.sleep(settings.test_start_delay_s)
     st.registry.load_all()  # sealed segments + log tail of each collection; per-collection times in the log
     _beat(st)  # the load times (heartbeat `collections.*.load_s`) at once
-    log.info("worker %s ready: %d collections loaded in %.3fs", st.worker, len(st.registry.copies),
+    log.info("worker %s ready: %d collections loaded in %.3fs", st.worker, len(st.registry),
              time.perf_counter() - started)
+
+
+def send(queue: str, name: str, kwargs: dict[str, Any]) -> None:
+    """How a job enqueues another (a seal, a compaction): by name, on vecq's queue, with no Celery result."""
+    app.send_task(name, kwargs=kwargs, queue=queue, ignore_result=True)
 
 
 @task_failure.connect

@@ -26,7 +26,7 @@ class Registry:
         self.r = r
         self.store = store  # the segment store, shared by every worker of the collection (worker/segment_files.py)
         self.eventual_max_lag_s = eventual_max_lag_s
-        self.copies: dict[str, CollectionCopy] = {}
+        self._copies: dict[str, CollectionCopy] = {}  # by collection name; changed by replace and forget only
         self.load_seconds: dict[str, float] = {}
         self._swept_at = time.monotonic()
 
@@ -35,8 +35,8 @@ class Registry:
         applied, but never a copy whose last catch-up is older than `eventual_max_lag_s`: so the staleness of
         an eventual read is bounded even on a collection that only eventual searches read."""
         self._maybe_sweep()
-        copy = self.copies.get(col.name)
-        if copy is None or copy.col.uid != col.uid:
+        copy = self.held(col.name, col.uid)
+        if copy is None:
             return self.load(col)
         if consistency == "eventual" and time.monotonic() - copy.caught_up_at < self.eventual_max_lag_s:
             return copy
@@ -61,8 +61,17 @@ class Registry:
                  copy.count, len(copy.sealed), copy.manifest.sealed_lsn, copy.applied, seconds)
         return copy
 
+    def __len__(self) -> int:
+        return len(self._copies)
+
+    def held(self, name: str, uid: str) -> CollectionCopy | None:
+        """This process's copy of collection `name` if it is of incarnation `uid`, as it is (not caught up)."""
+        copy = self._copies.get(name)
+        return copy if copy is not None and copy.col.uid == uid else None
+
     def replace(self, copy: CollectionCopy) -> CollectionCopy:
-        self.copies[copy.col.name] = copy
+        """Hold `copy` as its collection's copy, in place of any other."""
+        self._copies[copy.col.name] = copy
         return copy
 
     def _open(self, col: Collection, manifest: segments.Manifest, previous: CollectionCopy | None) -> CollectionCopy:
@@ -121,8 +130,11 @@ class Registry:
                 except Exception:  # one broken collection must not keep the worker from serving the rest
                     log.exception("could not load collection %s", name)
 
-    def forget(self, name: str) -> None:
-        self.copies.pop(name, None)
+    def forget(self, name: str, uid: str | None = None) -> None:
+        """Drop the copy of `name` (only if it is of incarnation `uid`, given one)."""
+        if uid is not None and self.held(name, uid) is None:
+            return
+        self._copies.pop(name, None)
         self.load_seconds.pop(name, None)
 
     def _maybe_sweep(self) -> None:
@@ -131,10 +143,10 @@ class Registry:
         if time.monotonic() - self._swept_at < SWEEP_EVERY_S:
             return
         self._swept_at = time.monotonic()
-        for name, copy in list(self.copies.items()):
+        for name, copy in list(self._copies.items()):
             live = collections.find(self.r, name)
             if live is None or live.uid != copy.col.uid:
                 self.forget(name)
 
     def summary(self) -> dict[str, dict[str, object]]:
-        return {name: {**c.summary(), "load_s": self.load_seconds.get(name)} for name, c in list(self.copies.items())}
+        return {name: {**c.summary(), "load_s": self.load_seconds.get(name)} for name, c in list(self._copies.items())}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -21,6 +23,7 @@ class ProcessState:
     r: redis.Redis
     registry: Registry
     worker: str
+    send: Callable[[str, dict[str, Any]], None]  # enqueue a job by task name (worker/lifecycle.py send)
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     started_at: float = field(default_factory=time.time)
@@ -32,12 +35,12 @@ class ProcessState:
 _state: ProcessState | None = None
 
 
-def init(settings: Settings) -> ProcessState:
+def init(settings: Settings, send: Callable[[str, dict[str, Any]], None]) -> ProcessState:
     global _state
     r = redis.Redis.from_url(settings.effective_redis_url, socket_connect_timeout=5, health_check_interval=30)
     registry = Registry(r, segment_files.root(settings), settings.eventual_max_lag_s)
     _state = ProcessState(settings=settings, r=r, registry=registry,
-                          worker=worker_id(socket.gethostname(), os.getpid()))
+                          worker=worker_id(socket.gethostname(), os.getpid()), send=send)
     return _state
 
 
