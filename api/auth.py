@@ -1,7 +1,8 @@
 """API keys: `Authorization: Bearer <key>` or `X-API-Key`. Open when no key is configured.
 
 A key spec is `key` (every collection, read and write) or `key:glob:rw|ro`, e.g. `s3cret:team-a-*:ro`.
-Keys come from VECQ_API_KEYS (comma-separated) and/or VECQ_API_KEYS_FILE (one spec per line, `#` comments).
+Keys come from VECQ_API_KEYS (comma-separated) and/or VECQ_API_KEYS_FILE (one spec per line, `#` comments),
+parsed by the settings (common/key_specs.py).
 Only SHA-256 digests of the keys are kept in memory and compared, each in constant time; no key is ever
 logged or echoed in an error. Job records remember the scope (a digest of the key) that submitted them.
 
@@ -13,11 +14,9 @@ use a collection (glob) and write (rw) with `Principal.require`.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import hmac
-import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -26,14 +25,14 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import error_response
-from common.errors import Forbidden, InvalidInput, Unauthorized
+from common import key_specs
+from common.errors import Forbidden, Unauthorized
+from common.key_specs import KeySpec
+from common.key_specs import scope_of_key as scope_of_key  # job scopes, for tests and tools
 from common.settings import Settings
 
 PRINCIPAL_SCOPE_KEY = "vecq.principal"  # where KeyCheck leaves the authenticated principal in the ASGI scope
 PROTECTED_PREFIX = "/v1"
-# Printable ASCII without the spec separators (`,` `:`), whitespace or `#`: a key survives any header or file.
-KEY_CHARS = re.compile(r"^[!-~]+$")
-KEY_FORBIDDEN = set(",:#")
 
 
 @dataclass(frozen=True)
@@ -61,14 +60,6 @@ class Principal:
 OPEN = Principal(scope="")
 
 
-def digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
-
-
-def scope_of_key(key: str) -> str:
-    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
 class KeyRing:
     """The configured keys as digests. Comparing fixed-length digests leaks neither a key's bytes nor its
     length through timing, and every entry is compared (no early exit), so the position of a match leaks
@@ -77,6 +68,10 @@ class KeyRing:
     def __init__(self, entries: list[tuple[bytes, Principal]]) -> None:
         self._entries = entries
 
+    @classmethod
+    def of(cls, specs: Iterable[KeySpec]) -> KeyRing:
+        return cls([(k.digest, Principal(scope=k.scope, pattern=k.pattern, can_write=k.can_write)) for k in specs])
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -84,7 +79,7 @@ class KeyRing:
         return f"KeyRing({len(self._entries)} keys)"
 
     def lookup(self, key: str) -> Principal | None:
-        presented = digest(key)
+        presented = key_specs.digest(key)
         found: Principal | None = None
         for known, principal in self._entries:
             if hmac.compare_digest(known, presented):
@@ -93,31 +88,12 @@ class KeyRing:
 
 
 def parse_specs(text: str) -> KeyRing:
-    """`key` or `key:glob:rw|ro` per comma or line. Errors name the spec's position, never the key."""
-    entries: list[tuple[bytes, Principal]] = []
-    seen: set[bytes] = set()
-    specs = [s.strip() for s in text.replace("\n", ",").split(",")]
-    for n, spec in enumerate((s for s in specs if s and not s.startswith("#")), start=1):
-        key, _, rest = spec.partition(":")
-        pattern, _, mode = rest.partition(":")
-        if not KEY_CHARS.fullmatch(key) or KEY_FORBIDDEN & set(key):
-            raise InvalidInput(f"API key spec #{n}: a key is printable ASCII without spaces, ',', ':' or '#'",
-                               "api_keys")
-        if mode not in ("", "rw", "ro") or ":" in mode:
-            raise InvalidInput(f"API key spec #{n}: mode must be rw or ro", "api_keys")
-        d = digest(key)
-        if d in seen:
-            raise InvalidInput(f"API key spec #{n}: the same key is configured twice", "api_keys")
-        seen.add(d)
-        entries.append((d, Principal(scope=scope_of_key(key), pattern=pattern or "*", can_write=mode != "ro")))
-    return KeyRing(entries)
+    """`key` or `key:glob:rw|ro` per comma or line (common/key_specs.py). Errors name the spec's position."""
+    return KeyRing.of(key_specs.parse(text))
 
 
 def load_keys(settings: Settings) -> KeyRing:
-    text = settings.api_keys
-    if settings.api_keys_file is not None:
-        text += "\n" + Path(settings.api_keys_file).read_text()
-    return parse_specs(text)
+    return KeyRing.of(settings.api_keys)  # parsed, the file's keys included, when the settings were built
 
 
 def presented_key(headers: Headers) -> str | None:

@@ -1,21 +1,35 @@
-"""All of vecq's configuration, read once from `VECQ_*` environment variables."""
+"""All of vecq's configuration, read once from `VECQ_*` environment variables.
+
+Each value is checked here, its rules across fields too (validators), so that a bad configuration stops a process
+at start-up with a message naming the variable (`SettingsError`), not at the first request that needs it.
+"""
 
 from __future__ import annotations
 
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, RedisDsn, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from common import key_specs
+from common.errors import InvalidInput
+from common.key_specs import KeySpec
+
+
+class SettingsError(ValueError):
+    """An invalid VECQ_* variable, named in the message."""
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VECQ_", extra="ignore")
 
     # Wiring
-    redis_url: str | None = Field(
-        None, description="Broker, results, WAL. Unset: `vecq up` starts an embedded Redis in the data dir."
+    redis_url: RedisDsn | None = Field(
+        None, description="Broker, results, WAL (redis:// or rediss://). Unset: `vecq up` starts an embedded Redis "
+        "in the data dir."
     )
     data_dir: Path = Field(Path("data"), description="Sealed segments and the embedded Redis's files.")
     workers: int = Field(
@@ -29,8 +43,8 @@ class Settings(BaseSettings):
         "idle expiry (httpx 5 s, load balancers ~60 s): a pooled connection reused just as the server closes it "
         "fails with no response."
     )
-    api_keys: str = Field(
-        "", description="Comma-separated API keys, `key` or `key:glob:rw|ro`; empty = open (no auth)."
+    api_keys: Annotated[tuple[KeySpec, ...], NoDecode] = Field(
+        (), description="Comma-separated API keys, `key` or `key:glob:rw|ro`; empty = open (no auth)."
     )
     api_keys_file: Path | None = Field(None, description="A file with one key spec per line (as api_keys).")
     metrics_need_key: bool = Field(
@@ -138,6 +152,49 @@ class Settings(BaseSettings):
         "its collections (a slow start, now that loads are fast). Never in production."
     )
 
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_url_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return key_specs.parse(value)
+        except InvalidInput as exc:  # its message names the spec's position, never the key
+            raise ValueError(exc.message) from None
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.api_keys_file is not None:
+            try:
+                text = Path(self.api_keys_file).read_text()
+                self.api_keys = self.api_keys + key_specs.parse(text, known=self.api_keys,
+                                                                where=" of VECQ_API_KEYS_FILE")
+            except OSError as exc:
+                raise ValueError(f"VECQ_API_KEYS_FILE: cannot read {self.api_keys_file}: {exc.strerror}") from None
+            except InvalidInput as exc:
+                raise ValueError(exc.message) from None
+        if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
+            raise ValueError(f"VECQ_HEARTBEAT_TTL_S ({self.heartbeat_ttl_s}) must be longer than "
+                             f"VECQ_HEARTBEAT_INTERVAL_S ({self.heartbeat_interval_s}): every live worker would "
+                             "look gone between two beats")
+        if self.search_wait_default_s > self.wait_max_s:
+            raise ValueError(f"VECQ_SEARCH_WAIT_DEFAULT_S ({self.search_wait_default_s}) is above VECQ_WAIT_MAX_S "
+                             f"({self.wait_max_s})")
+        if self.max_k_with_offset < self.max_k:
+            raise ValueError(f"VECQ_MAX_K_WITH_OFFSET ({self.max_k_with_offset}) is below VECQ_MAX_K ({self.max_k})")
+        if self.seal_time_limit_s < self.task_time_limit_s:
+            raise ValueError(f"VECQ_SEAL_TIME_LIMIT_S ({self.seal_time_limit_s}) is below VECQ_TASK_TIME_LIMIT_S "
+                             f"({self.task_time_limit_s}): a seal is the longest job")
+        if self.max_upload_bytes < self.max_body_bytes:
+            raise ValueError(f"VECQ_MAX_UPLOAD_BYTES ({self.max_upload_bytes}) is below VECQ_MAX_BODY_BYTES "
+                             f"({self.max_body_bytes}): an upload could not carry what a JSON add can")
+        return self
+
     @property
     def coalesce_inflight(self) -> int:
         """One batch in flight per worker, shared out among the API processes: each worker can run a batch while
@@ -155,9 +212,22 @@ class Settings(BaseSettings):
 
     @property
     def effective_redis_url(self) -> str:
-        return self.redis_url or "redis://127.0.0.1:6379/0"
+        return str(self.redis_url) if self.redis_url is not None else "redis://127.0.0.1:6379/0"
+
+
+def load(**overrides: Any) -> Settings:
+    """The settings from the environment (and `overrides`), or SettingsError naming each bad VECQ_* variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for e in exc.errors():
+            name = "VECQ_" + "_".join(str(part) for part in e["loc"][:1]).upper() if e["loc"] else ""
+            message = e["msg"].removeprefix("Value error, ")
+            problems.append(f"{name}: {message}" if name else message)
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return load()

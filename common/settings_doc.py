@@ -14,6 +14,8 @@ def rows() -> list[tuple[str, str, str]]:
             shown = "CPU count"
         elif default is None:
             shown = "unset"
+        elif default == ():  # a list parsed from text (API keys): shown as the text it is read from
+            shown = "''"
         else:
             shown = str(default) if not isinstance(default, str) else repr(default)
         out.append((f"VECQ_{name.upper()}", shown, field.description or ""))

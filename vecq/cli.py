@@ -10,15 +10,20 @@ from pathlib import Path
 
 from kombu.utils.url import maybe_sanitize_url
 
-from common.settings import get_settings
+from common.settings import SettingsError, get_settings
 from vecq.stack import Stack
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        print(f"vecq: {exc}", file=sys.stderr)
+        return 2
     data_dir = Path(settings.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    stack = Stack(data_dir=data_dir, redis_url=settings.redis_url, log_dir=None)
+    redis_url = str(settings.redis_url) if settings.redis_url is not None else None  # None: an embedded Redis
+    stack = Stack(data_dir=data_dir, redis_url=redis_url, log_dir=None)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

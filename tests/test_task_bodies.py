@@ -1,0 +1,147 @@
+"""Task bodies called as plain functions, without Celery: a real redis-server (a Stack with Redis only), a real
+registry over a temp segment store, and the jobs they would enqueue collected in a list."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from common import collections, jobs
+from common.celery_app import SEAL
+from common.codec import encode_vectors
+from common.errors import InvalidInput, NotFound
+from common.settings import Settings
+from vecq.stack import Stack
+from worker import runner, tasks
+from worker.registry import Registry
+from worker.state import ProcessState
+
+
+@pytest.fixture(scope="module")
+def redis_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
+    s = Stack(data_dir=tmp_path_factory.mktemp("bodies"))
+    try:
+        client = redis.Redis.from_url(s.start_redis())
+        yield client
+        client.close()
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def st(redis_only: redis.Redis, tmp_path: Path) -> ProcessState:
+    sent: list[tuple[str, dict[str, Any]]] = []
+    settings = Settings(seal_every_rows=50, data_dir=tmp_path)
+    state = ProcessState(settings=settings, r=redis_only, registry=Registry(redis_only, tmp_path / "segments"),
+                         worker="test-1", send=lambda name, kwargs: sent.append((name, kwargs)))
+    state.sent = sent  # type: ignore[attr-defined]
+    return state
+
+
+def new_name() -> str:
+    return f"b-{uuid.uuid4().hex[:10]}"
+
+
+def test_write_then_read_through_the_bodies(st: ProcessState) -> None:
+    name = new_name()
+    made = tasks.create_collection(st, uuid.uuid4().hex, name=name, dim=4)
+    assert made["name"] == name and made["count"] == 0
+    uid = collections.get(st.r, name).uid
+    data = np.arange(40, dtype=np.float32).reshape(10, 4)
+    ids = [f"v{i}" for i in range(10)]
+    added = tasks.add(st, "job-add", collection=name, vectors_b64=encode_vectors(data), ids=ids, uid=uid,
+                      metadata=[{"even": i % 2 == 0} for i in range(10)])
+    assert added["count"] == 10 and added["ids"] == ids and added["lsn"] != "0-0"
+    assert tasks.count(st, "job-count", collection=name, uid=uid) == {"count": 10, "lsn": added["lsn"]}
+    even = json.dumps({"even": True})
+    assert tasks.count(st, "job-count2", collection=name, filter=even)["count"] == 5
+    got = tasks.get_vector(st, "job-get", collection=name, id="v3", uid=uid)
+    assert got["vector"] == data[3].tolist() and got["metadata"] == {"even": False}
+    hit = tasks.search(st, "job-search", collection=name, vectors_b64=encode_vectors(data[7:8]), k=2, uid=uid)
+    assert hit["results"][0][0]["id"] == "v7"
+    members = [{"job_id": "m1", "n": 1, "k": 1}, {"job_id": "m2", "n": 2, "k": 3, "offset": 1}]
+    batch = tasks.search_batch(st, "batch-1", collection=name, vectors_b64=encode_vectors(data[[1, 2, 5]]),
+                               members=members, uid=uid, k=99)
+    assert [h["id"] for h in batch[0]["results"][0]] == ["v1"]
+    assert [len(q) for q in batch[1]["results"]] == [3, 3] and batch[1]["results"][0][0]["id"] != "v2"  # offset 1
+    deleted = tasks.delete(st, "job-del", collection=name, ids=["v1", "v2", "nope"], uid=uid)
+    assert deleted["deleted"] == 2
+    assert tasks.count(st, "job-count3", collection=name)["count"] == 8
+    assert st.sent == []  # type: ignore[attr-defined]  # 10 rows: no seal due at 50
+
+
+def test_add_enqueues_a_seal_once_due(st: ProcessState) -> None:
+    name = new_name()
+    tasks.create_collection(st, uuid.uuid4().hex, name=name, dim=2)
+    uid = collections.get(st.r, name).uid
+    tasks.add(st, "a1", collection=name, vectors=[[float(i), 0.0] for i in range(30)])
+    assert st.sent == []  # type: ignore[attr-defined]
+    tasks.add(st, "a2", collection=name, vectors=[[float(i), 1.0] for i in range(30)])
+    assert st.sent == [(SEAL, {"collection": name, "uid": uid})]  # type: ignore[attr-defined]
+
+
+def test_bodies_refuse_bad_input_and_gone_collections(st: ProcessState) -> None:
+    with pytest.raises(InvalidInput) as err:
+        tasks.create_collection(st, uuid.uuid4().hex, name=new_name(), dim=0)
+    assert err.value.field == "dim"
+    name = new_name()
+    tasks.create_collection(st, uuid.uuid4().hex, name=name, dim=2)
+    with pytest.raises(InvalidInput) as err:
+        tasks.delete(st, "d", collection=name, ids=["a"], filter='{"x": 1}')
+    assert err.value.field == "ids"
+    with pytest.raises(NotFound):
+        tasks.add(st, "a", collection=name, vectors=[[1.0, 2.0]], uid="another-incarnation")
+    with pytest.raises(NotFound):
+        tasks.get_vector(st, "g", collection=name, id="missing", uid=collections.get(st.r, name).uid)
+
+
+def test_registry_holds_one_copy_per_collection_and_forgets_by_incarnation(st: ProcessState) -> None:
+    name = new_name()
+    tasks.create_collection(st, uuid.uuid4().hex, name=name, dim=2)
+    uid = collections.get(st.r, name).uid
+    tasks.add(st, "a", collection=name, vectors=[[1.0, 2.0]], ids=["x"])
+    col = collections.get(st.r, name)
+    copy = st.registry.ready(col)
+    assert st.registry.held(name, uid) is copy and st.registry.held(name, "other") is None
+    st.registry.forget(name, uid="other")
+    assert st.registry.held(name, uid) is copy
+    tasks.purge(st, "p", collection=name, uid=uid, dim=2)
+    assert st.registry.held(name, uid) is None and name not in st.registry.summary()
+
+
+def test_check_inputs_names_the_bad_argument() -> None:
+    runner.check_inputs(tasks.count, {"collection": "c", "filter": None})
+    for inputs in ({"collection": "c", "colour": "red"}, {}):
+        with pytest.raises(InvalidInput) as err:
+            runner.check_inputs(tasks.count, inputs)
+        assert ("colour" if inputs else "collection") in err.value.message
+
+
+def test_attempt_turns_exceptions_into_job_errors() -> None:
+    assert runner.attempt(lambda: 7, "j", "t") == (7, None)
+
+    def invalid() -> None:
+        raise InvalidInput("no", "k")
+
+    def broken() -> None:
+        raise KeyError("x")
+
+    assert runner.attempt(invalid, "j", "t") == (None, {"code": "invalid", "message": "no", "field": "k"})
+    result, error = runner.attempt(broken, "j", "t")
+    assert result is None and error is not None and error["code"] == "internal" and "KeyError" in error["message"]
+
+
+def test_every_task_is_registered_once_with_its_job_type() -> None:
+    names = {fn.name: fn.job_type for fn in runner.FUNCTIONS.values()}
+    assert names["vecq.add"] == "add" and names["vecq.search"] == "search" and names["vecq.seal"] == "seal"
+    assert runner.FUNCTIONS["vecq.search"].batch is tasks.search_batch
+    assert runner.FUNCTIONS["vecq.create_collection"].collection({"name": "n"}) == "n"
+    assert not runner.FUNCTIONS["vecq.add"].listed({"parent": "p"}) and runner.FUNCTIONS["vecq.add"].listed({})
+    assert jobs.Claim.RUN  # the claim outcomes run_job branches on
