@@ -6,10 +6,12 @@ from typing import Annotated
 
 import redis.asyncio as aredis
 from fastapi import Depends, Path, Query, Request
+from prometheus_client import CollectorRegistry
 
-from api.auth import Principal, authenticate
+from api.auth import KeyRing, Principal, authenticate
 from api.catalog import CollectionCache
 from api.dispatch import Dispatcher
+from api.searcher import Searcher
 from common import keys
 from common import settings as settings_module
 from common.collections import Collection, aget
@@ -32,10 +34,25 @@ async def get_catalog(request: Request) -> CollectionCache:
     return request.app.state.catalog
 
 
+async def get_searcher(request: Request) -> Searcher:
+    return request.app.state.searcher
+
+
+async def get_keys(request: Request) -> KeyRing:
+    return request.app.state.api_keys
+
+
+async def get_metrics_registry(request: Request) -> CollectorRegistry:
+    return request.app.state.metrics_registry
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[aredis.Redis, Depends(get_redis)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 CatalogDep = Annotated[CollectionCache, Depends(get_catalog)]
+SearcherDep = Annotated[Searcher, Depends(get_searcher)]
+KeysDep = Annotated[KeyRing, Depends(get_keys)]
+MetricsRegistryDep = Annotated[CollectorRegistry, Depends(get_metrics_registry)]
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
 CollectionName = Annotated[str, Path(pattern=keys.COLLECTION_NAME.pattern, max_length=64)]
 # Bounds from the settings, which are built once per process: the OpenAPI schema shows the deployment's own.
@@ -44,6 +61,7 @@ WaitWrite = Annotated[float, Query(ge=0, le=WAIT_MAX_S, description="Seconds to 
 WaitSearch = Annotated[float | None, Query(ge=0, le=WAIT_MAX_S, description="Seconds to wait for the hits "
                                            "(default VECQ_SEARCH_WAIT_DEFAULT_S).")]
 WaitPoll = Annotated[float, Query(ge=0, le=WAIT_MAX_S, description="Long-poll up to N seconds.")]
+VectorIdPath = Annotated[str, Path(min_length=1, max_length=settings_module.get_settings().max_id_length)]
 
 
 async def load_collection(name: str, r: aredis.Redis, principal: Principal, *, write: bool) -> Collection:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from api import metrics, ops
 from api.auth import identify
-from api.deps import PrincipalDep, RedisDep, SettingsDep
+from api.deps import KeysDep, MetricsRegistryDep, PrincipalDep, RedisDep, SearcherDep, SettingsDep
 from common.errors import Forbidden
 from common.schemas import error_responses
 
@@ -17,15 +17,16 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/metrics", response_class=Response,
             responses={200: {"content": {metrics.CONTENT_TYPE: {}}, "description": "Prometheus text format"}})
-async def prometheus_metrics(request: Request, r: RedisDep, settings: SettingsDep) -> Response:
+async def prometheus_metrics(request: Request, r: RedisDep, settings: SettingsDep, api_keys: KeysDep,
+                             registry: MetricsRegistryDep, searcher: SearcherDep) -> Response:
     """Prometheus exposition. Open like /healthz (expose it to the monitoring network only), unless
     VECQ_METRICS_NEED_KEY: then a key allowed on every collection, since it names them all."""
     if settings.metrics_need_key:
-        principal = identify(request.headers, request.app.state.api_keys)
+        principal = identify(request.headers, api_keys)
         if principal.pattern != "*":
             raise Forbidden("/metrics names every collection: it needs a key allowed on all of them", None)
     snap = await ops.take(r, settings)
-    return Response(metrics.render(request.app.state.metrics_registry, snap, request.app.state.searcher),
+    return Response(metrics.render(registry, snap, searcher),
                     media_type=metrics.CONTENT_TYPE)
 
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from api.deps import CatalogDep, CollectionName, PrincipalDep, SettingsDep, WaitSearch
+from api.deps import CatalogDep, CollectionName, PrincipalDep, SearcherDep, SettingsDep, WaitSearch
 from api.dispatch import Pending, RawResult
 from api.strict_json import StrictJSONRoute
 from common import codec, filters
@@ -30,7 +30,7 @@ def query_matrix(body: SearchRequest, dim: int, max_queries: int) -> Any:
 
 @router.post("/search", response_model=SearchResponse, response_model_exclude_unset=True,
              responses={202: {"model": JobAccepted}, **error_responses(429)})
-async def search(name: CollectionName, body: SearchRequest, request: Request, catalog: CatalogDep,
+async def search(name: CollectionName, body: SearchRequest, catalog: CatalogDep, searcher: SearcherDep,
                  principal: PrincipalDep, settings: SettingsDep,
                  wait: WaitSearch = None) -> Any:
     """Search one or many query vectors. Waits up to `wait` seconds (default 30) for the hits; 202 with
@@ -48,7 +48,6 @@ async def search(name: CollectionName, body: SearchRequest, request: Request, ca
     queries = query_matrix(body, col.dim, settings.max_query_vectors)
     if where is not None and filters.never_matches(where):  # answered here: no job, no worker
         return {"results": [[] for _ in range(len(queries))], "lsn": "0-0", "took_ms": 0.0, "plan": "empty"}
-    searcher = request.app.state.searcher
     outcome = await searcher.search(col, queries, body, principal.scope,
                                     settings.search_wait_default_s if wait is None else wait)
     return outcome.response() if isinstance(outcome, Pending | RawResult) else outcome
