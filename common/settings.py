@@ -190,9 +190,6 @@ class Settings(BaseSettings):
         if self.seal_time_limit_s < self.task_time_limit_s:
             raise ValueError(f"VECQ_SEAL_TIME_LIMIT_S ({self.seal_time_limit_s}) is below VECQ_TASK_TIME_LIMIT_S "
                              f"({self.task_time_limit_s}): a seal is the longest job")
-        if self.max_upload_bytes < self.max_body_bytes:
-            raise ValueError(f"VECQ_MAX_UPLOAD_BYTES ({self.max_upload_bytes}) is below VECQ_MAX_BODY_BYTES "
-                             f"({self.max_body_bytes}): an upload could not carry what a JSON add can")
         return self
 
     @property

@@ -31,7 +31,6 @@ def refused(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
     ({"VECQ_SEARCH_WAIT_DEFAULT_S": "400"}, "VECQ_SEARCH_WAIT_DEFAULT_S"),
     ({"VECQ_MAX_K": "20000"}, "VECQ_MAX_K_WITH_OFFSET"),
     ({"VECQ_SEAL_TIME_LIMIT_S": "60"}, "VECQ_SEAL_TIME_LIMIT_S"),
-    ({"VECQ_MAX_UPLOAD_BYTES": "2048"}, "VECQ_MAX_UPLOAD_BYTES"),
     ({"VECQ_REDIS_URL": "http://127.0.0.1:6379"}, "VECQ_REDIS_URL"),
     ({"VECQ_MAX_K": "many"}, "VECQ_MAX_K"),
     ({"VECQ_API_KEYS": "s3cret key"}, "VECQ_API_KEYS"),
