@@ -8,6 +8,7 @@ Neither lets an exception escape into Celery (or kill the child).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import time
@@ -95,10 +96,15 @@ def task(name: str, job_type: str, *, collection_arg: str = "collection",
     return register
 
 
+@functools.cache  # the registered bodies: a fixed set; inspect.signature costs more than a lone search's claim
+def signature_of(body: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(body)
+
+
 def check_inputs(body: Callable[..., Any], inputs: dict[str, Any]) -> None:
     """A producer's unknown or missing argument fails the job, naming it, instead of escaping into Celery."""
     try:
-        inspect.signature(body).bind(None, None, **inputs)
+        signature_of(body).bind(None, None, **inputs)
     except TypeError as exc:
         raise InvalidInput(f"bad task arguments: {exc}", None) from None
 
