@@ -129,7 +129,7 @@ class KeyCheck:
             try:
                 scope[PRINCIPAL_SCOPE_KEY] = identify(Headers(scope=scope), self.keys)
             except Unauthorized as exc:
-                response = error_response(401, exc.code, exc.message, exc.field, {"WWW-Authenticate": "Bearer"})
+                response = error_response(exc)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -16,12 +16,13 @@ from fastapi.responses import JSONResponse, Response
 from api.waiter import JobWaiter, Outcome
 from common import errors, jobs
 from common.settings import Settings
+from common.status import JobStatus
 
 
 @dataclass(frozen=True)
 class Pending:
     job_id: str
-    status: str = "queued"
+    status: str = JobStatus.QUEUED
 
     def response(self) -> JSONResponse:
         return JSONResponse({"job_id": self.job_id, "status": self.status,
@@ -98,19 +99,16 @@ class Dispatcher:
     async def pending(self, job_id: str) -> Pending:
         """The 202 for a job whose wait ran out, with the status its record has now."""
         raw = await jobs.aget(self.r, job_id)
-        return Pending(job_id, jobs.public(raw)["status"] if raw else "queued")
+        return Pending(job_id, jobs.public(raw)["status"] if raw else JobStatus.QUEUED)
 
 
 def result_of(outcome: Outcome) -> Any:
     """A finished job's result (a RawResult for a search member), or its error raised with the status that
     matches its cause."""
     if isinstance(outcome, jobs.MemberOutcome):
-        if outcome.status == "succeeded":
+        if outcome.status == JobStatus.SUCCEEDED:
             return RawResult(outcome.raw)
         outcome = {"status": outcome.status, "error": json.loads(outcome.raw)}
-    if outcome.get("status") == "succeeded":
+    if outcome.get("status") == JobStatus.SUCCEEDED:
         return outcome.get("result")
-    error = outcome.get("error") or {"code": "internal", "message": "job failed", "field": None}
-    if outcome.get("status") == "canceled":
-        raise errors.Conflict("job was canceled", None)
-    raise errors.from_dict(error)
+    raise errors.from_dict(outcome.get("error") or errors.VecqError("job failed").to_dict())

@@ -12,15 +12,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from common import errors
 from common.errors import VecqError
 
 log = logging.getLogger("vecq.api")
 
+# What each status tells the client beyond the body: 429 and 503 are both "come back shortly".
+_HEADERS: dict[int, dict[str, str]] = {
+    errors.TooManyRequests.status: {"Retry-After": "1"},
+    errors.Unavailable.status: {"Retry-After": "1"},
+    errors.Unauthorized.status: {"WWW-Authenticate": "Bearer"},
+}
+# Starlette's own HTTPExceptions (routing, 405) carry only a status.
+_BY_STATUS: dict[int, type[VecqError]] = {cls.status: cls for cls in (
+    errors.Unauthorized, errors.Forbidden, errors.NotFound, errors.MethodNotAllowed, errors.TooLarge,
+    errors.UnsupportedMediaType)}
 
-def error_response(status: int, code: str, message: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "field": field}}, status_code=status,
-                        headers=headers)
+
+def error_response(exc: VecqError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": exc.to_dict()}, status_code=exc.status,
+                        headers={**_HEADERS.get(exc.status, {}), **(headers or {})} or None)
 
 
 def field_name(loc: tuple[Any, ...] | list[Any]) -> str | None:
@@ -34,9 +45,7 @@ def field_name(loc: tuple[Any, ...] | list[Any]) -> str | None:
 
 async def _vecq_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, VecqError)
-    retry = {"Retry-After": "1"}  # 429 and 503 are both "come back shortly"
-    headers = {429: retry, 503: retry, 401: {"WWW-Authenticate": "Bearer"}}.get(exc.status)
-    return error_response(exc.status, exc.code, exc.message, exc.field, headers)
+    return error_response(exc)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -46,28 +55,30 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     message = str(first.get("msg", "invalid"))
     if first.get("type") == "json_invalid":
         detail = (first.get("ctx") or {}).get("error")
-        return error_response(422, "invalid_json", f"body is not valid JSON: {detail}", "body")
+        return error_response(errors.InvalidJSON(f"body is not valid JSON: {detail}", "body"))
     if first.get("type") == "missing" and loc == ("body",):
-        return error_response(422, "invalid", "a JSON body is required", "body")
-    return error_response(422, "invalid", message, field_name(loc))
+        return error_response(errors.InvalidInput("a JSON body is required", "body"))
+    return error_response(errors.InvalidInput(message, field_name(loc)))
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-            413: "too_large", 415: "unsupported_media_type"}.get(exc.status_code, "http_error")
     field = {413: "body", 415: "content-type"}.get(exc.status_code)  # the request part at fault
-    return error_response(exc.status_code, code, str(exc.detail), field, getattr(exc, "headers", None))
+    cls = _BY_STATUS.get(exc.status_code)
+    if cls is None:  # a status vecq has no class for: answer it as Starlette meant, in vecq's shape
+        return JSONResponse({"error": {"code": "http_error", "message": str(exc.detail), "field": field}},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    return error_response(cls(str(exc.detail), field), getattr(exc, "headers", None))
 
 
 async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
     log.warning("redis unavailable: %s", exc)
-    return error_response(503, "unavailable", "Redis is unavailable; retry shortly", None, {"Retry-After": "1"})
+    return error_response(errors.Unavailable("Redis is unavailable; retry shortly"))
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
-    return error_response(500, "internal", "internal error", None)
+    return error_response(VecqError("internal error"))
 
 
 def install(app: FastAPI) -> None:

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response
+from common.errors import TooLarge, UnsupportedMediaType
 
 UPLOAD_PATH = re.compile(r"^/v1/collections/[^/]+/vectors/?$")
 UPLOAD_TYPES = frozenset({"application/x-npy", "application/vnd.apache.parquet", "application/x-parquet",
@@ -57,16 +58,16 @@ class BodyLimits:
         limit = self.max_upload_bytes if upload else self.max_body_bytes
         declared = headers.get("content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-            await error_response(413, "too_large", f"request body of {int(declared)} bytes is larger than {limit}",
-                                 "body")(scope, receive, send)
+            await error_response(TooLarge(f"request body of {int(declared)} bytes is larger than {limit}",
+                                          "body"))(scope, receive, send)
             return
         has_body = (declared is not None and declared.strip() not in ("", "0")) or \
             "chunked" in headers.get("transfer-encoding", "").lower()
         if has_body and method in BODY_METHODS and path.startswith("/v1/") and not upload and not is_json(media):
             allowed = "application/json" + (", application/x-npy or application/vnd.apache.parquet"
                                             if UPLOAD_PATH.match(path) else "")
-            await error_response(415, "unsupported_media_type", f"Content-Type must be {allowed}, got "
-                                 f"{media or 'none'}", "content-type")(scope, receive, send)
+            await error_response(UnsupportedMediaType(f"Content-Type must be {allowed}, got {media or 'none'}",
+                                                      "content-type"))(scope, receive, send)
             return
 
         received = 0
@@ -91,4 +92,4 @@ class BodyLimits:
         except BodyTooLarge as exc:  # read outside the routes' error handling: answer here unless too late
             if started:
                 raise
-            await error_response(413, "too_large", str(exc.detail), "body")(scope, receive, send)
+            await error_response(TooLarge(str(exc.detail), "body"))(scope, receive, send)

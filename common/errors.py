@@ -1,8 +1,38 @@
-"""A short exception hierarchy shared by API and workers; a job's error record is one of these."""
+"""vecq's errors: one tree, one code per class, one code -> HTTP status table for the API and the client.
+
+Every error an API answer or a job record carries is `{"code", "message", "field"}`; `code` names one class
+below and `STATUS_BY_CODE` gives the HTTP status the API answers with (and the client expects). A job's failure
+is recorded as `error.to_dict()` and raised again from it (`from_dict`) where a waiting caller gets its answer.
+
+    VecqError                  internal               500
+    ├── InvalidInput           invalid                422
+    │   └── InvalidJSON        invalid_json           422
+    ├── Unauthorized           unauthorized           401
+    ├── Forbidden              forbidden              403
+    ├── NotFound               not_found              404
+    ├── MethodNotAllowed       method_not_allowed     405
+    ├── Conflict               conflict               409
+    │   └── Canceled           canceled               409   the job was canceled before it ran
+    ├── TooLarge               too_large              413
+    ├── UnsupportedMediaType   unsupported_media_type 415
+    ├── TooManyRequests        too_many_requests      429   retry after Retry-After
+    ├── Unavailable            unavailable            503   retry after Retry-After
+    └── JobError                                            a job ran and failed for a reason of its own
+        ├── TimedOut           timeout                504   past its time limit
+        └── Poisoned           poisoned               500   each delivery lost its worker
+
+This module imports nothing beyond the standard library: the client ships it.
+"""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
+
+
+class ErrorDict(TypedDict):
+    code: str
+    message: str
+    field: str | None
 
 
 class VecqError(Exception):
@@ -14,13 +44,17 @@ class VecqError(Exception):
         self.message = message
         self.field = field
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ErrorDict:
         return {"code": self.code, "message": self.message, "field": self.field}
 
 
 class InvalidInput(VecqError):
     status = 422
     code = "invalid"
+
+
+class InvalidJSON(InvalidInput):
+    code = "invalid_json"
 
 
 class Unauthorized(VecqError):
@@ -38,14 +72,28 @@ class NotFound(VecqError):
     code = "not_found"
 
 
+class MethodNotAllowed(VecqError):
+    status = 405
+    code = "method_not_allowed"
+
+
 class Conflict(VecqError):
     status = 409
     code = "conflict"
 
 
+class Canceled(Conflict):
+    code = "canceled"
+
+
 class TooLarge(VecqError):
     status = 413
     code = "too_large"
+
+
+class UnsupportedMediaType(VecqError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class TooManyRequests(VecqError):
@@ -60,13 +108,37 @@ class Unavailable(VecqError):
     code = "unavailable"
 
 
-_BY_CODE: dict[str, type[VecqError]] = {
-    cls.code: cls for cls in (InvalidInput, Unauthorized, Forbidden, NotFound, Conflict, TooLarge, TooManyRequests,
-                          Unavailable)
-}
+class JobError(VecqError):
+    """A job that ran and failed for a reason of its own (not its input)."""
+
+
+class TimedOut(JobError):
+    status = 504
+    code = "timeout"
+
+
+class Poisoned(JobError):
+    code = "poisoned"
+
+
+def _tree(cls: type[VecqError]) -> list[type[VecqError]]:
+    return [cls, *(c for sub in cls.__subclasses__() for c in _tree(sub))]
+
+
+CLASS_BY_CODE: dict[str, type[VecqError]] = {cls.code: cls for cls in reversed(_tree(VecqError))
+                                             if cls is not JobError}
+STATUS_BY_CODE: dict[str, int] = {code: cls.status for code, cls in CLASS_BY_CODE.items()}
+RETRYABLE: frozenset[int] = frozenset({TooManyRequests.status, Unavailable.status})
+
+
+def from_code(code: str, message: str, field: str | None = None) -> VecqError:
+    """The error named by `code` (an unknown code from a newer server stays a plain VecqError)."""
+    error = CLASS_BY_CODE.get(code, VecqError)(message, field)
+    if error.code != code:
+        error.code = code  # type: ignore[misc]  # keep a newer server's code visible to the caller
+    return error
 
 
 def from_dict(error: dict[str, Any]) -> VecqError:
-    """Rebuild the error a job recorded, so the synchronous path answers with the matching status."""
-    cls = _BY_CODE.get(str(error.get("code")), VecqError)
-    return cls(str(error.get("message", "")), error.get("field"))
+    """Rebuild the error a job recorded or an API answer carried."""
+    return from_code(str(error.get("code", VecqError.code)), str(error.get("message", "")), error.get("field"))

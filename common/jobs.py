@@ -20,7 +20,18 @@ import redis.asyncio as aredis
 import redis.exceptions
 
 from common import keys
+from common.errors import Canceled, ErrorDict
 from common.status import TERMINAL as TERMINAL
+from common.status import JobStatus
+
+# The scripts learn the terminal statuses from their last argument (common/status.py stays their one spelling):
+# `terminal[status]` is true for those. Each script that needs it starts with _TERMINAL_PRELUDE and is called
+# with `*args, TERMINAL_ARG`.
+_TERMINAL_PRELUDE = """
+local terminal = {}
+for s in string.gmatch(ARGV[#ARGV], '[^ ]+') do terminal[s] = true end
+"""
+TERMINAL_ARG = " ".join(sorted(TERMINAL))
 
 
 class Claim(StrEnum):
@@ -70,7 +81,7 @@ def _float(value: str | None) -> float | None:
 
 
 def _initial(job_id: str, job_type: str, collection: str | None, scope: str, total: int | None) -> dict[str, str]:
-    fields = {"job_id": job_id, "type": job_type, "collection": collection or "", "status": "queued",
+    fields = {"job_id": job_id, "type": job_type, "collection": collection or "", "status": JobStatus.QUEUED,
               "submitted_at": _now(), "scope": scope, "attempts": "0"}
     if total is not None:
         fields.update(progress_total=str(total), progress_done="0")
@@ -168,10 +179,10 @@ async def arecent(r: aredis.Redis, *, limit: int, may_read: Callable[[str, str |
 # A job's watchers set lives while the job runs: the script that ends the job publishes to it and deletes it, and a
 # job that has ended gets no new watcher (its waiter reads the record). Kept as long as the record, it was 41 % of
 # what a write left in Redis for VECQ_JOB_TTL_S, read by nobody (found by bench/soak.py's census).
-_WATCH = """
+_WATCH = _TERMINAL_PRELUDE + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
 local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'succeeded' and status ~= 'failed' and status ~= 'canceled' then
+if not terminal[status] then
   redis.call('SADD', KEYS[2], ARGV[1])
   redis.call('EXPIRE', KEYS[2], redis.call('TTL', KEYS[1]))
 end
@@ -181,12 +192,13 @@ return redis.call('HGETALL', KEYS[1])
 
 async def awatch(r: aredis.Redis, job_id: str, channel: str) -> dict[str, str] | None:
     """Register a waiter and read the record in one step (no lost wake-up between the two)."""
-    flat = await r.register_script(_WATCH)(keys=[keys.job(job_id), keys.job_watchers(job_id)], args=[channel])
+    flat = await r.register_script(_WATCH)(keys=[keys.job(job_id), keys.job_watchers(job_id)],
+                                          args=[channel, TERMINAL_ARG])
     return None if flat is None else _decode(dict(zip(flat[::2], flat[1::2], strict=True)))
 
 
 # A record missing at claim time was submitted straight to Celery (no API): create it so it can be read.
-_CLAIM = """
+_CLAIM = _TERMINAL_PRELUDE + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   redis.call('HSET', KEYS[1], 'job_id', ARGV[5], 'type', ARGV[6], 'collection', ARGV[7],
@@ -195,12 +207,12 @@ if not status then
   if tonumber(ARGV[8]) > 0 then
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'job', ARGV[5], 'type', ARGV[6], 'collection', ARGV[7])
   end
-elseif status == 'succeeded' or status == 'failed' or status == 'canceled' then
+elseif terminal[status] then
   return 'skip'
 end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if attempts > tonumber(ARGV[3]) then return 'poisoned' end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[1])
+redis.call('HSET', KEYS[1], 'status', ARGV[9], 'started_at', ARGV[2], 'worker', ARGV[1])
 return 'run'
 """
 
@@ -218,14 +230,14 @@ def claim(r: redis.Redis, job_id: str, *, worker: str, max_attempts: int, ttl: i
     """Start a delivery of a job. A job sent straight to Celery gets its record here (and, if `listed`, its
     entry in the recent jobs)."""
     outcome = r.register_script(_CLAIM)(keys=[keys.job(job_id), keys.RECENT_JOBS], args=[
-        worker, _now(), max_attempts, ttl, job_id, job_type, collection or "", RECENT_MAX if listed else 0])
+        worker, _now(), max_attempts, ttl, job_id, job_type, collection or "", RECENT_MAX if listed else 0,
+        JobStatus.RUNNING, TERMINAL_ARG])
     return Claim(outcome.decode() if isinstance(outcome, bytes) else outcome)
 
 
-_FINISH = """
+_FINISH = _TERMINAL_PRELUDE + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'succeeded' or status == 'failed' or status == 'canceled' then return 0 end
+if terminal[redis.call('HGET', KEYS[1], 'status')] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], ARGV[3], ARGV[4])
 for _, channel in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('PUBLISH', channel, ARGV[5]) end
 redis.call('DEL', KEYS[2])
@@ -233,33 +245,33 @@ return 1
 """
 
 
-def finish(r: redis.Redis, job_id: str, *, result: Any = None, error: dict[str, Any] | None = None) -> bool:
+def finish(r: redis.Redis, job_id: str, *, result: Any = None, error: ErrorDict | None = None) -> bool:
     """Set the terminal state once and tell the watchers. False if it was already terminal."""
-    status = "failed" if error is not None else "succeeded"
+    status = JobStatus.FAILED if error is not None else JobStatus.SUCCEEDED
     field, value = ("error", error) if error is not None else ("result", result)
     payload = json.dumps(value, separators=(",", ":"))
     message = json.dumps({"job_id": job_id, "status": status, field: value}, separators=(",", ":"))
     done = r.register_script(_FINISH)(keys=[keys.job(job_id), keys.job_watchers(job_id)],
-                                      args=[status, _now(), field, payload, message])
+                                      args=[status, _now(), field, payload, message, TERMINAL_ARG])
     return bool(done)
 
 
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return nil end
-if status ~= 'queued' then return status end
-redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
+if status ~= ARGV[3] then return status end
+redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_at', ARGV[1])
 for _, channel in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('PUBLISH', channel, ARGV[2]) end
 redis.call('DEL', KEYS[2])
-return 'canceled'
+return ARGV[4]
 """
 
 
 async def acancel(r: aredis.Redis, job_id: str) -> str | None:
     """Cancel a job still queued. Returns the status it had if it was no longer queued, None if unknown."""
-    message = json.dumps({"job_id": job_id, "status": "canceled",
-                          "error": {"code": "canceled", "message": "job canceled", "field": None}})
-    out = await r.register_script(_CANCEL)(keys=[keys.job(job_id), keys.job_watchers(job_id)], args=[_now(), message])
+    message = json.dumps({"job_id": job_id, "status": JobStatus.CANCELED, "error": Canceled("job canceled").to_dict()})
+    out = await r.register_script(_CANCEL)(keys=[keys.job(job_id), keys.job_watchers(job_id)],
+                                           args=[_now(), message, JobStatus.QUEUED, JobStatus.CANCELED])
     return None if out is None else (out.decode() if isinstance(out, bytes) else out)
 
 
@@ -314,7 +326,7 @@ def claim_delivery(r: redis.Redis, batch_id: str, *, max_attempts: int, ttl: int
 
 # KEYS: the batch's outcomes hash, then each member's record and watchers keys. ARGV: started_at, finished_at,
 # worker, hold_s, then per member: job_id, status, field, encoded value.
-_FINISH_MEMBERS = """
+_FINISH_MEMBERS = _TERMINAL_PRELUDE + """
 local started_at, finished_at, worker = ARGV[1], ARGV[2], ARGV[3]
 local outcomes = {}
 for i = 1, (#KEYS - 1) / 2 do
@@ -333,7 +345,7 @@ for i = 1, (#KEYS - 1) / 2 do
   local record, watchers, a = KEYS[2 * i], KEYS[2 * i + 1], 4 + (i - 1) * 4
   local job_id, status, field, encoded = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local was = redis.call('HGET', record, 'status')
-  if was and was ~= 'succeeded' and was ~= 'failed' and was ~= 'canceled' then
+  if was and not terminal[was] then
     redis.call('HSET', record, 'status', status, 'started_at', started_at, 'finished_at', finished_at,
                field, encoded, 'worker', worker, 'attempts', '1')
     local channels = redis.call('SMEMBERS', watchers)
@@ -361,7 +373,7 @@ def finish_members(pipe: redis.client.Pipeline, batch_id: str, outcomes: list[tu
     encoded_outcomes = []
     for member, result, error in outcomes:
         job_id = str(member["job_id"])
-        status = "failed" if error is not None else "succeeded"
+        status = JobStatus.FAILED if error is not None else JobStatus.SUCCEEDED
         field, value = ("error", error) if error is not None else ("result", result)
         # Encoded once: the same bytes go into the outcomes, a record, the watchers' message and the batch's,
         # and from there, untouched, into the HTTP response.
@@ -371,8 +383,8 @@ def finish_members(pipe: redis.client.Pipeline, batch_id: str, outcomes: list[tu
         args += [job_id, status, field, encoded]
     if record_keys:
         # A Script in a pipeline is loaded by the pipeline itself when Redis lost it (a restart): no NOSCRIPT loop.
-        pipe.register_script(_FINISH_MEMBERS)(keys=[keys.batch_outcomes(batch_id), *record_keys], args=args,
-                                              client=pipe)
+        pipe.register_script(_FINISH_MEMBERS)(keys=[keys.batch_outcomes(batch_id), *record_keys],
+                                              args=[*args, TERMINAL_ARG], client=pipe)
     if reply_to:
         pipe.publish(keys.job_channel(reply_to), batch_message(batch_id, encoded_outcomes))
     pipe.delete(keys.delivery(batch_id))

@@ -34,6 +34,7 @@ from common.celery_app import ADD
 from common.codec import generated_ids, rows_per_wal_entry
 from common.collections import Collection
 from common.errors import InvalidInput
+from common.status import JobStatus
 from worker import app, state
 
 log = logging.getLogger("vecq.jobs")
@@ -256,7 +257,7 @@ def part_done(st: state.ProcessState, col: Collection, parent: str, blob_id: str
     finished = jobs.finish(st.r, parent, result=result)
     blobs.delete(st.r, blob_id)
     if finished:
-        _count(st, record, "succeeded")
+        _count(st, record, JobStatus.SUCCEEDED)
         log.info("ingest=%s collection=%s status=succeeded count=%d lsn=%s", parent, col.name, result["count"],
                  result["lsn"])
     return finished
@@ -266,7 +267,7 @@ def fail_parent(st: state.ProcessState, parent: str, blob_id: str | None, error:
     """A child failed: the upload as a whole failed (its parts already in the WAL stay)."""
     message = f"a part of the upload failed: {error.get('message')}"
     if jobs.finish(st.r, parent, error={**error, "message": message}):
-        _count(st, jobs.public(jobs.get(st.r, parent) or {}), "failed")
+        _count(st, jobs.public(jobs.get(st.r, parent) or {}), JobStatus.FAILED)
         log.warning("ingest=%s failed: %s", parent, message)
     if blob_id is not None:
         blobs.delete(st.r, blob_id)

@@ -20,6 +20,7 @@ from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure, worker_process_init, worker_process_shutdown
 
 from common import heartbeat, jobs
+from common.errors import TimedOut
 from common.logs import setup_logging
 from common.settings import get_settings
 from worker import app, index, reaper, state
@@ -58,8 +59,7 @@ def _killed_at_time_limit(task_id: str | None = None, exception: BaseException |
         return
     try:
         r = redis.Redis.from_url(get_settings().effective_redis_url, socket_connect_timeout=5)
-        error = {"code": "timeout", "field": None,
-                 "message": f"killed at its hard time limit ({exception!r}): see VECQ_TASK_TIME_LIMIT_S"}
+        error = TimedOut(f"killed at its hard time limit ({exception!r}): see VECQ_TASK_TIME_LIMIT_S").to_dict()
         jobs.finish(r, task_id, error=error)
         r.close()
     except Exception:  # the main process must survive whatever Redis says

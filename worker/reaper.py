@@ -26,6 +26,7 @@ from celery import Celery
 from kombu.transport.redis import Channel
 
 from common import jobs, keys
+from common.status import JobStatus
 
 log = logging.getLogger("vecq.worker")
 
@@ -50,7 +51,7 @@ def orphans(r: redis.Redis, alive: set[str], now: float) -> list[tuple[str, str]
         except (ValueError, KeyError, IndexError, TypeError):
             continue
         record = jobs.public(jobs.get(r, job_id) or {})
-        running_on = record.get("worker") if record.get("status") == "running" else None
+        running_on = record.get("worker") if record.get("status") == JobStatus.RUNNING else None
         if running_on is not None:
             if running_on not in alive:
                 out.append((_decoded(tag), job_id))

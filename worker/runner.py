@@ -21,15 +21,17 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from common import jobs, stats
-from common.errors import InvalidInput, VecqError
+from common.errors import ErrorDict, InvalidInput, Poisoned, TimedOut, VecqError
+from common.status import JobStatus
 from worker import app, state
 
 log = logging.getLogger("vecq.jobs")
 DEFERRED = object()  # a body's result meaning "another job finishes this record" (a bulk ingest's last part)
+DEFERRED_LABEL = "deferred"  # how the log and the job counters show such a job: its record is not terminal yet
 REDIS_OUTAGE_S = 120.0  # how long a job waits for Redis to come back (a restart, an AOF load) before giving up
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
-Error = dict[str, Any]
+Error = ErrorDict
 
 
 def through_outage(step: Callable[[], T], job_id: str, what: str) -> T:
@@ -116,15 +118,14 @@ def attempt(work: Callable[[], T], job_id: str, what: str) -> tuple[T | None, Er
     except VecqError as exc:
         return None, exc.to_dict()
     except SoftTimeLimitExceeded:
-        return None, {"code": "timeout", "message": "job exceeded its time limit", "field": None}
+        return None, TimedOut("job exceeded its time limit").to_dict()
     except Exception as exc:
         log.exception("job %s (%s) raised", job_id, what)
-        return None, {"code": "internal", "message": f"{type(exc).__name__}: {exc}", "field": None}
+        return None, VecqError(f"{type(exc).__name__}: {exc}").to_dict()
 
 
 def poisoned(st: state.ProcessState) -> Error:
-    return {"code": "poisoned", "field": None,
-            "message": f"gave up after {st.settings.max_attempts} deliveries: each one lost its worker"}
+    return Poisoned(f"gave up after {st.settings.max_attempts} deliveries: each one lost its worker").to_dict()
 
 
 def note(st: state.ProcessState, done: int, last_job: dict[str, Any], line: str, *args: Any) -> None:
@@ -163,7 +164,7 @@ def run_job(fn: Function, job_id: str, inputs: dict[str, Any]) -> None:
     finished = False if deferred else through_outage(lambda: jobs.finish(st.r, job_id, result=result, error=error),
                                                      job_id, "finish")
     duration_ms = (time.perf_counter() - started) * 1000
-    status = "deferred" if deferred else "failed" if error else "succeeded"
+    status = DEFERRED_LABEL if deferred else JobStatus.FAILED if error else JobStatus.SUCCEEDED
     if finished:  # counted once, by whoever made the record terminal
         stats.count_jobs(st.r, [(fn.job_type, status, duration_ms / 1000)])
     note(st, 1, {"job_id": job_id, "type": fn.job_type, "collection": collection, "status": status,
@@ -204,14 +205,14 @@ def run_batch(fn: Function, batch_id: str, inputs: dict[str, Any]) -> None:
         with st.r.pipeline(transaction=False) as pipe:  # the pipeline loads its script if Redis lost it
             jobs.finish_members(pipe, batch_id, outcomes, reply_to=reply_to, started_at=started_at, worker=st.worker,
                                 hold_s=hold_s)
-            stats.add_jobs(pipe, [(fn.job_type, "failed" if e else "succeeded", duration_ms / 1000)
+            stats.add_jobs(pipe, [(fn.job_type, JobStatus.FAILED if e else JobStatus.SUCCEEDED, duration_ms / 1000)
                                   for _, _, e in outcomes])
             pipe.execute()
 
     through_outage(finish, batch_id, "finish")
     failed = sum(1 for _, _, e in outcomes if e is not None)
     note(st, len(outcomes), {"job_id": batch_id, "type": fn.job_type, "collection": collection,
-                             "members": len(members), "status": "failed" if failed else "succeeded",
+                             "members": len(members), "status": JobStatus.FAILED if failed else JobStatus.SUCCEEDED,
                              "duration_ms": round(duration_ms, 2)},
          "job=%s type=%s-batch collection=%s members=%d failed=%d duration_ms=%.2f worker=%s", batch_id,
          fn.job_type, collection, len(members), failed, duration_ms, st.worker)

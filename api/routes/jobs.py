@@ -77,7 +77,7 @@ async def cancel_job(job_id: JobId, r: RedisDep, principal: PrincipalDep) -> Any
     status = await jobs.acancel(r, job_id)
     if status is None:
         raise NotFound("job not found (unknown or expired)", "job_id")
-    if status != "canceled":
+    if status != JobStatus.CANCELED:
         raise Conflict(f"job is {status}; only a queued job can be canceled", "job_id")
     record = jobs.public(await jobs.aget(r, job_id) or raw)
     await stats.acount_canceled(r, str(record.get("type")))
