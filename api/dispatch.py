@@ -82,16 +82,11 @@ class Dispatcher:
                                total=total)
             await self.send(task, job_id, kwargs)
             return Pending(job_id)
-        with self.waiter.slot():
-            future = self.waiter.register(job_id)
-            try:
-                await jobs.acreate(self.r, job_id, job_type, collection, ttl=self.settings.job_ttl_s,
-                                   scope=scope, watcher=self.waiter.channel, total=total)
-                await self.send(task, job_id, kwargs)
-            except BaseException:
-                self.waiter.unregister(job_id, future)
-                raise
-            outcome = await self.waiter.wait(job_id, future, wait)
+        async with self.waiter.watch(job_id) as watch:
+            await jobs.acreate(self.r, job_id, job_type, collection, ttl=self.settings.job_ttl_s,
+                               scope=scope, watcher=self.waiter.channel, total=total)
+            await self.send(task, job_id, kwargs)
+            outcome = await watch.result(wait)
         if outcome is None:
             return await self.pending(job_id)
         return result_of(outcome)

@@ -43,7 +43,7 @@ import numpy as np
 import redis.exceptions
 
 from api.dispatch import Dispatcher, Pending, RawResult, new_job_id, result_of
-from api.waiter import Outcome, Recheck
+from api.waiter import Outcome, Recheck, Watch
 from common import codec, jobs
 from common.celery_app import SEARCH
 from common.collections import Collection
@@ -184,10 +184,9 @@ class Searcher:
             return Pending(job_id)
         wait = min(wait, self.settings.wait_max_s)
         entry = Entry(job_id, queries, body, scope, wait=wait)
-        with waiter.slot():
-            self._enqueue(col, entry)  # first: a full lane refuses it before anything is registered
-            future = waiter.register(job_id)  # nothing leaves before the next await: no message is missed
-            outcome = await waiter.wait(job_id, future, wait, self._member_recheck(entry))
+        async with waiter.watch(job_id, self._member_recheck(entry)) as watch:
+            self._enqueue(col, entry)  # a full lane refuses it here
+            outcome = await watch.result(wait)
             if outcome is None:  # one last look: a batch that ended as the wait ran out answers with its hits
                 outcome = await self._member_recheck(entry)()
         if outcome is None:
@@ -279,26 +278,27 @@ class Searcher:
 
     async def _run(self, key: Hashable, lane: Lane, batch_id: str, batch: list[Entry]) -> None:
         waiter = self.dispatcher.waiter
-        done = waiter.register(batch_id)  # the batch's one message resolves it, with its members
         came_back = False
         try:
-            kwargs = search_kwargs(lane.col, np.concatenate([e.queries for e in batch]), lane.body)
-            waits_end = max(e.queued_at + e.wait for e in batch)
-            kwargs.update(members=[e.member() for e in batch], reply_to=waiter.listener_id,
-                          hold_s=round(max(0.0, waits_end - time.monotonic()) + HOLD_MARGIN_S, 3))
-            await self.dispatcher.send(SEARCH, batch_id, kwargs)
-        except BaseException as exc:
-            waiter.unregister(batch_id, done)
-            for entry in batch:
-                if entry.sent is None:
-                    waiter.fail(entry.job_id, exc)
-                elif not entry.sent.done():
-                    entry.sent.set_exception(exc)
-        else:
-            for entry in batch:
-                if entry.sent is not None and not entry.sent.done():
-                    entry.sent.set_result(None)
-            came_back = await self._until_back(batch_id, done, self._slot_until(batch))
+            # The batch's one message resolves this watch, with its members'; it is no waiting request.
+            async with waiter.watch(batch_id, self._batch_back(batch_id), counted=False) as back:
+                try:
+                    kwargs = search_kwargs(lane.col, np.concatenate([e.queries for e in batch]), lane.body)
+                    waits_end = max(e.queued_at + e.wait for e in batch)
+                    kwargs.update(members=[e.member() for e in batch], reply_to=waiter.listener_id,
+                                  hold_s=round(max(0.0, waits_end - time.monotonic()) + HOLD_MARGIN_S, 3))
+                    await self.dispatcher.send(SEARCH, batch_id, kwargs)
+                except BaseException as exc:
+                    for entry in batch:
+                        if entry.sent is None:
+                            waiter.fail(entry.job_id, exc)
+                        elif not entry.sent.done():
+                            entry.sent.set_exception(exc)
+                else:
+                    for entry in batch:
+                        if entry.sent is not None and not entry.sent.done():
+                            entry.sent.set_result(None)
+                    came_back = await self._until_back(back, self._slot_until(batch))
         finally:
             lane.batches -= 1
             lane.members -= len(batch)
@@ -319,14 +319,17 @@ class Searcher:
         waits_end = max(e.queued_at + e.wait for e in batch)
         return sent_at + min(max(waits_end - sent_at, MIN_SLOT_HOLD_S), BATCH_DONE_TIMEOUT_S)
 
-    async def _until_back(self, batch_id: str, done: asyncio.Future[Outcome], until: float) -> bool:
-        """Whether the batch came back before `until`: its message arrived, or its outcomes were seen in Redis
-        after the listener may have missed the message."""
+    def _batch_back(self, batch_id: str) -> Recheck:
+        """Whether a batch's outcomes are in Redis: its message may have been missed."""
         async def finished() -> Outcome | None:
             return {"batch": batch_id} if await jobs.abatch_finished(self.dispatcher.r, batch_id) else None
+        return finished
 
+    @staticmethod
+    async def _until_back(back: Watch, until: float) -> bool:
+        """Whether the batch came back before `until`: its message arrived, or its outcomes were seen in Redis."""
         try:
-            return await self.dispatcher.waiter.wait(batch_id, done, until - time.monotonic(), finished) is not None
+            return await back.result(until - time.monotonic()) is not None
         except redis.exceptions.RedisError:
             return False  # Redis is away: the slot goes back; each member learns of its own outcome on its own
 

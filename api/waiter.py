@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aredis
@@ -114,59 +114,74 @@ class JobWaiter:
                 if not future.done():
                     future.set_result(value)
 
-    @contextlib.contextmanager
-    def slot(self):  # type: ignore[no-untyped-def]
-        """Count a waiting request; 503 beyond max_waiters so one process cannot be drowned."""
-        if self._waiting >= self.max_waiters:
-            raise Unavailable(f"more than {self.max_waiters} requests waiting in this API process", None)
-        self._waiting += 1
-        try:
-            yield
-        finally:
-            self._waiting -= 1
+    @contextlib.asynccontextmanager
+    async def watch(self, job_id: str, recheck: Recheck | None = None, *,
+                    counted: bool = True) -> AsyncIterator[Watch]:
+        """Wait for one job: `async with waiter.watch(job_id) as w: ...submit...; await w.result(timeout)`.
 
-    def register(self, job_id: str) -> asyncio.Future[Outcome]:
+        The watch listens from the moment it is entered, so a job submitted inside the block cannot finish
+        unheard. A `counted` watch is a waiting request: 503 beyond max_waiters, so one process cannot be
+        drowned. Leaving the block stops listening, whatever happened inside it."""
+        if counted and self._waiting >= self.max_waiters:
+            raise Unavailable(f"more than {self.max_waiters} requests waiting in this API process", None)
+        self._waiting += int(counted)
+        w = Watch(self, job_id, recheck or (lambda: self._finished_record(job_id)))
+        try:
+            yield w
+        finally:
+            w.close()
+            self._waiting -= int(counted)
+
+    def _register(self, job_id: str) -> asyncio.Future[Outcome]:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._futures.setdefault(job_id, set()).add(future)
         return future
 
-    def unregister(self, job_id: str, future: asyncio.Future[Outcome]) -> None:
+    def _unregister(self, job_id: str, future: asyncio.Future[Outcome]) -> None:
         futures = self._futures.get(job_id)
         if futures is not None:
             futures.discard(future)
             if not futures:
                 del self._futures[job_id]
 
-    async def wait(self, job_id: str, future: asyncio.Future[Outcome], timeout: float,
-                   recheck: Recheck | None = None) -> Outcome | None:
-        """The finished job's outcome ({job_id, status, result|error} or a MemberOutcome), or None when `timeout`
-        runs out. Whenever a message may have been missed (the listener reconnected; and every RECHECK_EVERY_S),
-        `recheck` looks in Redis; by default it reads the job's record."""
-        deadline = time.monotonic() + timeout
-        check = recheck or (lambda: self._finished_record(job_id))
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                try:
-                    async with asyncio.timeout(min(remaining, RECHECK_EVERY_S)):
-                        outcome = await future  # a timeout cancels it: a fresh one is registered below
-                except TimeoutError:
-                    outcome = RECHECK
-                if outcome is not RECHECK:
-                    return outcome
-                # Listen again before reading: a message published during the read is not missed.
-                self.unregister(job_id, future)
-                future = self.register(job_id)
-                found = await check()
-                if found is not None:
-                    return found
-        finally:
-            self.unregister(job_id, future)
-
     async def _finished_record(self, job_id: str) -> Outcome | None:
         raw = await jobs.aget(self.r, job_id)
         if raw is not None and jobs.public(raw)["status"] in jobs.TERMINAL:
             return jobs.public(raw)
         return None
+
+
+class Watch:
+    """One job listened for by one caller (JobWaiter.watch makes it and ends it)."""
+
+    def __init__(self, waiter: JobWaiter, job_id: str, recheck: Recheck) -> None:
+        self.waiter = waiter
+        self.job_id = job_id
+        self.recheck = recheck
+        self._future = waiter._register(job_id)
+
+    async def result(self, timeout: float) -> Outcome | None:
+        """The finished job's outcome ({job_id, status, result|error} or a MemberOutcome), or None when `timeout`
+        runs out. Whenever a message may have been missed (the listener reconnected; and every RECHECK_EVERY_S),
+        `recheck` looks in Redis (by default: the job's record)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                async with asyncio.timeout(min(remaining, RECHECK_EVERY_S)):
+                    outcome = await self._future  # a timeout cancels it: a fresh one is registered below
+            except TimeoutError:
+                outcome = RECHECK
+            if outcome is not RECHECK:
+                return outcome
+            # Listen again before reading: a message published during the read is not missed.
+            self.close()
+            self._future = self.waiter._register(self.job_id)
+            found = await self.recheck()
+            if found is not None:
+                return found
+
+    def close(self) -> None:
+        self.waiter._unregister(self.job_id, self._future)

@@ -57,16 +57,12 @@ async def get_job(job_id: JobId, request: Request, r: RedisDep, principal: Princ
     if wait <= 0 or record["status"] in jobs.TERMINAL:
         return record
     waiter = request.app.state.waiter
-    with waiter.slot():
-        future = waiter.register(job_id)
+    async with waiter.watch(job_id) as watch:
         now = await jobs.awatch(r, job_id, waiter.channel)
         if now is None:
-            waiter.unregister(job_id, future)
             raise NotFound("job not found (unknown or expired)", "job_id")
         if jobs.public(now)["status"] not in jobs.TERMINAL:
-            await waiter.wait(job_id, future, wait)
-        else:
-            waiter.unregister(job_id, future)
+            await watch.result(wait)
     return jobs.public(visible(await jobs.aget(r, job_id), principal))
 
 
