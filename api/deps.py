@@ -12,6 +12,7 @@ from api.auth import KeyRing, Principal, authenticate
 from api.catalog import CollectionCache
 from api.dispatch import Dispatcher
 from api.searcher import Searcher
+from api.writer import Writer
 from common import keys
 from common import settings as settings_module
 from common.collections import Collection, aget
@@ -38,6 +39,10 @@ async def get_searcher(request: Request) -> Searcher:
     return request.app.state.searcher
 
 
+async def get_writer(request: Request) -> Writer | None:
+    return request.app.state.writer
+
+
 async def get_keys(request: Request) -> KeyRing:
     return request.app.state.api_keys
 
@@ -51,6 +56,7 @@ RedisDep = Annotated[aredis.Redis, Depends(get_redis)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 CatalogDep = Annotated[CollectionCache, Depends(get_catalog)]
 SearcherDep = Annotated[Searcher, Depends(get_searcher)]
+WriterDep = Annotated[Writer | None, Depends(get_writer)]
 KeysDep = Annotated[KeyRing, Depends(get_keys)]
 MetricsRegistryDep = Annotated[CollectorRegistry, Depends(get_metrics_registry)]
 PrincipalDep = Annotated[Principal, Depends(authenticate)]

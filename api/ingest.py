@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from api import limits, strict_json
 from api.dispatch import Dispatcher, new_job_id
+from api.writer import Writer
 from common import blobs, codec, formats, jobs
 from common.celery_app import ADD, INGEST
 from common.collections import Collection
@@ -49,7 +50,7 @@ async def json_body(request: Request, settings: Settings) -> AddVectors:
 
 
 async def add_json(body: AddVectors, col: Collection, dispatcher: Dispatcher, settings: Settings, *, wait: float,
-                   scope: str, id_prefix: str | None, id_start: int) -> Any:
+                   scope: str, id_prefix: str | None, id_start: int, writer: Writer | None = None) -> Any:
     n = len(body.vectors)
     if n > settings.max_vectors_per_request:
         raise InvalidInput(f"at most {settings.max_vectors_per_request} vectors per request; upload larger "
@@ -65,6 +66,9 @@ async def add_json(body: AddVectors, col: Collection, dispatcher: Dispatcher, se
     if body.metadata is not None:
         codec.check_metadata(body.metadata, n, settings.max_metadata_bytes)
         kwargs["metadata"] = body.metadata
+    if writer is not None and wait > 0:
+        ids = {k: kwargs[k] for k in ("ids", "id_prefix", "id_start") if k in kwargs}
+        return await writer.write(col, matrix, ids, body.metadata, scope, wait)
     return await dispatcher.submit("add", ADD, col.name, kwargs, wait=wait, scope=scope, total=n)
 
 
@@ -142,7 +146,7 @@ async def upload(request: Request, r: aredis.Redis, col: Collection, dispatcher:
 
 
 async def add(request: Request, r: aredis.Redis, col: Collection, dispatcher: Dispatcher, settings: Settings, *,
-              wait: float, scope: str, id_prefix: str | None, id_start: int) -> Any:
+              wait: float, scope: str, id_prefix: str | None, id_start: int, writer: Writer | None = None) -> Any:
     """An add request's body, whichever its kind, as one job (its outcome, or its Pending)."""
     media = limits.media_type(request.headers.get("content-type"))
     if media in UPLOAD_MEDIA:
@@ -151,4 +155,4 @@ async def add(request: Request, r: aredis.Redis, col: Collection, dispatcher: Di
     # JSON; other content types are 415 in api/limits.py before the route runs
     body = await json_body(request, settings)
     return await add_json(body, col, dispatcher, settings, wait=wait, scope=scope, id_prefix=id_prefix,
-                          id_start=id_start)
+                          id_start=id_start, writer=writer)

@@ -16,6 +16,7 @@ from api.limits import BodyLimits
 from api.routes import collections, console, health, jobs, ops, search, vectors
 from api.searcher import Searcher
 from api.waiter import JobWaiter
+from api.writer import Writer
 from common.celery_app import make_celery
 from common.logs import setup_logging
 from common.settings import Settings, get_settings
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dispatcher = Dispatcher(r, app.state.celery, waiter, settings)
         app.state.redis, app.state.waiter, app.state.dispatcher = r, waiter, dispatcher
         app.state.searcher = Searcher(dispatcher, settings)
+        app.state.writer = Writer(dispatcher, settings) if settings.coalesce_writes else None
         app.state.catalog = CollectionCache(r, settings.collection_cache_s)
         try:
             yield

@@ -31,6 +31,7 @@ from prometheus_fastapi_instrumentator import metrics as http_metrics
 
 from api.ops import Snapshot, copies, lsn_seconds
 from api.searcher import Searcher
+from api.writer import Writer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -55,22 +56,24 @@ def instrument(app: FastAPI) -> CollectorRegistry:
     return registry
 
 
-def render(process_registry: CollectorRegistry, snap: Snapshot, searcher: Searcher | None = None) -> bytes:
+def render(process_registry: CollectorRegistry, snap: Snapshot, searcher: Searcher | None = None,
+           writer: Writer | None = None) -> bytes:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # every uvicorn process's HTTP metrics, summed
         process_registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(process_registry)
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(_Cluster(snap))
     if searcher is not None:
-        scrape.register(_Lanes(searcher))
+        scrape.register(_Lanes(searcher, writer))
     return generate_latest(process_registry) + generate_latest(scrape)
 
 
 class _Lanes:
     """A one-shot collector of this process's coalescing state."""
 
-    def __init__(self, searcher: Searcher) -> None:
+    def __init__(self, searcher: Searcher, writer: Writer | None) -> None:
         self.searcher = searcher
+        self.writer = writer
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("vecq_search_lanes", "Coalescing lanes this API process holds (one per collection, "
@@ -78,6 +81,11 @@ class _Lanes:
                                 value=len(self.searcher.lanes))
         yield GaugeMetricFamily("vecq_search_pending", "Searches waiting in this API process's lanes for a batch "
                                 "slot.", value=self.searcher.pending_count())
+        if self.writer is not None:
+            yield GaugeMetricFamily("vecq_write_lanes", "Write coalescing lanes this API process holds (one per "
+                                    "collection with writes in it).", value=len(self.writer.lanes))
+            yield GaugeMetricFamily("vecq_write_pending", "Writes waiting in this API process's lanes for a batch "
+                                    "slot.", value=self.writer.pending_count())
 
 
 class _Cluster:

@@ -40,25 +40,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import redis.exceptions
 
+from api import batches
 from api.dispatch import Dispatcher, Pending, RawResult, new_job_id, result_of
-from api.waiter import Outcome, Recheck, Watch
 from common import codec, jobs
 from common.celery_app import SEARCH
 from common.collections import Collection
 from common.errors import TooManyRequests
 from common.schemas import SearchRequest
 from common.settings import Settings
-
-BATCH_DONE_TIMEOUT_S = 60.0  # a lane slot is freed after this even if members still wait (waits go up to 300 s)
-# The least time a batch holds its slot when nobody here waits for it any more (wait=0 members, waits that ran out
-# early). Not zero: the slots are what lets POST-then-poll searches pile into big batches while the workers are
-# busy (see the README's Performance). Far above a batch's round trip: only a lost batch gives its slot back so.
-MIN_SLOT_HOLD_S = 5.0
-# How long a batch's outcomes stay readable after its members' waits run out: the record of a member whose
-# id is shown then (a 202) is made from them. Seconds, far more than that takes.
-HOLD_MARGIN_S = 30.0
 
 
 def search_kwargs(col: Collection, queries: np.ndarray, body: SearchRequest) -> dict[str, Any]:
@@ -184,24 +174,15 @@ class Searcher:
             return Pending(job_id)
         wait = min(wait, self.settings.wait_max_s)
         entry = Entry(job_id, queries, body, scope, wait=wait)
-        async with waiter.watch(job_id, self._member_recheck(entry)) as watch:
+        async with waiter.watch(job_id, batches.member_recheck(self.dispatcher.r, entry)) as watch:
             self._enqueue(col, entry)  # a full lane refuses it here
             outcome = await watch.result(wait)
             if outcome is None:  # one last look: a batch that ended as the wait ran out answers with its hits
-                outcome = await self._member_recheck(entry)()
+                outcome = await batches.member_recheck(self.dispatcher.r, entry)()
         if outcome is None:
             await self._record(col, entry)
             return await self.dispatcher.pending(job_id)
         return result_of(outcome)
-
-    def _member_recheck(self, entry: Entry) -> Recheck:
-        """A waiting member's outcome from its batch's outcomes in Redis: it has no record to look at."""
-        async def check() -> Outcome | None:
-            if entry.batch_id is None:  # still in its lane: nothing can have been missed
-                return None
-            return await jobs.amember_outcome(self.dispatcher.r, entry.batch_id, entry.job_id)
-
-        return check
 
     async def _record(self, col: Collection, entry: Entry) -> None:
         """The record of a member whose id is about to be shown (see common/jobs.py, members)."""
@@ -281,12 +262,11 @@ class Searcher:
         came_back = False
         try:
             # The batch's one message resolves this watch, with its members'; it is no waiting request.
-            async with waiter.watch(batch_id, self._batch_back(batch_id), counted=False) as back:
+            async with waiter.watch(batch_id, batches.batch_back(self.dispatcher.r, batch_id), counted=False) as back:
                 try:
                     kwargs = search_kwargs(lane.col, np.concatenate([e.queries for e in batch]), lane.body)
-                    waits_end = max(e.queued_at + e.wait for e in batch)
                     kwargs.update(members=[e.member() for e in batch], reply_to=waiter.listener_id,
-                                  hold_s=round(max(0.0, waits_end - time.monotonic()) + HOLD_MARGIN_S, 3))
+                                  hold_s=batches.hold_s(batch))
                     await self.dispatcher.send(SEARCH, batch_id, kwargs)
                 except BaseException as exc:
                     for entry in batch:
@@ -298,7 +278,7 @@ class Searcher:
                     for entry in batch:
                         if entry.sent is not None and not entry.sent.done():
                             entry.sent.set_result(None)
-                    came_back = await self._until_back(back, self._slot_until(batch))
+                    came_back = await batches.until_back(back, batches.slot_until(batch))
         finally:
             lane.batches -= 1
             lane.members -= len(batch)
@@ -308,30 +288,6 @@ class Searcher:
                 if waiting:
                     lane.followers.append(Followers(waiting, lane.returned_at + self.max_delay_s))
             self._kick(key, lane)
-
-    @staticmethod
-    def _slot_until(batch: list[Entry]) -> float:
-        """When a batch that has not come back gives its slot back anyway (monotonic): once no client here needs
-        it, their waits having all run out (they have their 202s; the worker finishes their records whenever it
-        runs the batch), and not before MIN_SLOT_HOLD_S. Without this, a batch lost with its worker would hold the
-        slot for BATCH_DONE_TIMEOUT_S while the lane's other requests queue behind it."""
-        sent_at = time.monotonic()
-        waits_end = max(e.queued_at + e.wait for e in batch)
-        return sent_at + min(max(waits_end - sent_at, MIN_SLOT_HOLD_S), BATCH_DONE_TIMEOUT_S)
-
-    def _batch_back(self, batch_id: str) -> Recheck:
-        """Whether a batch's outcomes are in Redis: its message may have been missed."""
-        async def finished() -> Outcome | None:
-            return {"batch": batch_id} if await jobs.abatch_finished(self.dispatcher.r, batch_id) else None
-        return finished
-
-    @staticmethod
-    async def _until_back(back: Watch, until: float) -> bool:
-        """Whether the batch came back before `until`: its message arrived, or its outcomes were seen in Redis."""
-        try:
-            return await back.result(until - time.monotonic()) is not None
-        except redis.exceptions.RedisError:
-            return False  # Redis is away: the slot goes back; each member learns of its own outcome on its own
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)

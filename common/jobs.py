@@ -453,10 +453,10 @@ return 1
 
 
 async def amember_record(r: aredis.Redis, job_id: str, batch_id: str | None, collection: str, *, ttl: int,
-                         scope: str, submitted_at: float) -> None:
+                         scope: str, submitted_at: float, job_type: str = "search") -> None:
     """The record of a member whose id is about to be shown (202): finished if its batch's outcomes are in,
     queued otherwise (the worker finishes it then)."""
-    fields = _initial(job_id, "search", collection, scope, None)
+    fields = _initial(job_id, job_type, collection, scope, None)
     fields["submitted_at"] = f"{submitted_at:.6f}"
     outcomes = keys.batch_outcomes(batch_id) if batch_id else ""
     await r.register_script(_MEMBER_RECORD)(keys=[keys.job(job_id), outcomes, keys.RECENT_JOBS],

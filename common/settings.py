@@ -129,6 +129,10 @@ class Settings(BaseSettings):
         1024, ge=1, description="Searches of one lane (collection, consistency, min_lsn, params) an API process "
         "holds waiting for a batch slot; beyond, 429 with Retry-After."
     )
+    coalesce_writes: bool = Field(
+        True, description="Batch concurrent JSON writes of one collection that wait for their outcome into one job."
+    )
+    coalesce_max_write_rows: int = Field(4096, ge=1, description="Vectors per coalesced write job.")
     collection_cache_s: float = Field(
         1.0, ge=0, description="How long an API process reuses a collection's record for searches (0: never)."
     )

@@ -91,6 +91,21 @@ def append_add(r: redis.Redis, col: Collection, write_id: str, ids: Sequence[str
     return _s(reply[1])
 
 
+def append_adds(r: redis.Redis, col: Collection,
+                chunks: Sequence[tuple[str, Sequence[str], bytes, Sequence[str | None]]]) -> list[Lsn]:
+    """Append several chunks of upserts (write_id, ids, vectors, metadata), in order, in one round trip: the
+    writes of a coalesced batch (api/writer.py). Each chunk is deduplicated by its own write_id, as above."""
+    with r.pipeline(transaction=False) as pipe:  # the pipeline loads the script if Redis lost it
+        script = pipe.register_script(_APPEND_ADD)
+        for write_id, ids, vectors, metadata in chunks:
+            script(keys=_keys(col), args=[write_id, col.uid, json.dumps(list(ids)), vectors,
+                                          json.dumps(list(metadata))], client=pipe)
+        replies = pipe.execute()
+    if any(_s(reply[0]) == "gone" for reply in replies):
+        raise NotFound(f"collection {col.name!r} was deleted", "name")
+    return [_s(reply[1]) for reply in replies]
+
+
 def append_delete(r: redis.Redis, col: Collection, write_id: str, ids: Sequence[str]) -> tuple[Lsn, int]:
     """Tombstone ids. Returns the LSN and how many of them existed (a repeated job reports 0 found)."""
     reply = r.register_script(_APPEND_DELETE)(keys=_keys(col), args=[write_id, col.uid, json.dumps(list(ids))])

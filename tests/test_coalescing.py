@@ -16,7 +16,7 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
-from api import searcher as searcher_module
+from api import batches
 from api.dispatch import Dispatcher, Pending, RawResult
 from api.searcher import Searcher
 from api.waiter import RECHECK, JobWaiter
@@ -268,7 +268,7 @@ def test_a_lost_batch_gives_its_slot_back_once_its_waits_have_run_out(redis_url:
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch lost with its worker never comes back. Once its member's wait has run out (the client has its 202),
     the lane's next request leaves: it does not wait BATCH_DONE_TIMEOUT_S behind the lost one."""
-    monkeypatch.setattr(searcher_module, "MIN_SLOT_HOLD_S", 0.2)  # the floor, 5 s, would only slow the test
+    monkeypatch.setattr(batches, "MIN_SLOT_HOLD_S", 0.2)  # the floor, 5 s, would only slow the test
 
     async def main() -> None:
         client = aredis.Redis.from_url(redis_url)

@@ -145,3 +145,29 @@ def test_every_task_is_registered_once_with_its_job_type() -> None:
     assert runner.FUNCTIONS["vecq.create_collection"].collection({"name": "n"}) == "n"
     assert not runner.FUNCTIONS["vecq.add"].listed({"parent": "p"}) and runner.FUNCTIONS["vecq.add"].listed({})
     assert jobs.Claim.RUN  # the claim outcomes run_job branches on
+
+
+def test_add_batch_appends_members_in_order_and_fails_a_bad_member_alone(st: ProcessState) -> None:
+    name = new_name()
+    tasks.create_collection(st, uuid.uuid4().hex, name=name, dim=2)
+    uid = collections.get(st.r, name).uid
+    rows = np.array([[1, 0], [2, 0], [3, 0], [4, 0], [5, 0]], dtype=np.float32)
+    members = [{"job_id": "w1", "n": 1, "ids": ["same"], "metadata": [{"v": 1}]},
+               {"job_id": "w2", "n": 2, "ids": ["", "x"]},  # an empty id: this member alone fails
+               {"job_id": "w3", "n": 1, "ids": ["same"], "metadata": [{"v": 3}]},  # the later upsert wins
+               {"job_id": "w4", "n": 1, "id_prefix": "p-", "id_start": 7}]
+    results = tasks.add_batch(st, "batch-w", collection=name, uid=uid, vectors_b64=encode_vectors(rows),
+                              members=members)
+    assert isinstance(results[1], InvalidInput) and results[1].field == "ids[0]"
+    ok = [results[0], results[2], results[3]]
+    assert all(isinstance(res, dict) for res in ok)
+    assert [res["ids"] for res in ok] == [["same"], ["same"], ["p-7"]]  # type: ignore[index]
+    lsns = [tuple(int(part) for part in res["lsn"].split("-")) for res in ok]  # type: ignore[index]
+    assert lsns == sorted(lsns) and len(set(lsns)) == 3  # arrival order is log order
+    assert tasks.count(st, "c", collection=name, uid=uid)["count"] == 2
+    got = tasks.get_vector(st, "g", collection=name, id="same", uid=uid)
+    assert got["vector"] == [4.0, 0.0] and got["metadata"] == {"v": 3}  # w3's row (w2's two rows came before)
+    again = tasks.add_batch(st, "batch-w", collection=name, uid=uid, vectors_b64=encode_vectors(rows),
+                            members=members)  # a redelivery appends nothing twice
+    assert [res["lsn"] for res in again if isinstance(res, dict)] == [res["lsn"] for res in ok]  # type: ignore[index]
+    assert tasks.count(st, "c2", collection=name, uid=uid)["count"] == 2

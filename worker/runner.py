@@ -64,7 +64,8 @@ class Function:
     collection_arg: str = "collection"
     listed: Callable[[dict[str, Any]], bool] = lambda inputs: True  # record made at claim time goes in recent jobs
     on_fail: Callable[[state.ProcessState, Error, dict[str, Any]], None] | None = None  # hears of any error
-    batch: Callable[..., list[Any]] | None = None  # batch(st, batch_id, members=..., **inputs): one result each
+    # batch(st, batch_id, members=..., **inputs): one result (or VecqError) per member, in order
+    batch: Callable[..., list[Any]] | None = None
 
     def collection(self, inputs: dict[str, Any]) -> str | None:
         value = inputs.get(self.collection_arg)
@@ -198,7 +199,9 @@ def run_batch(fn: Function, batch_id: str, inputs: dict[str, Any]) -> None:
         if results is None:
             outcomes = [(m, None, error) for m in members]
         else:
-            outcomes = [(m, res, None) for m, res in zip(members, results, strict=True)]
+            # A body may fail one member alone by giving its error in that member's place.
+            outcomes = [(m, None, res.to_dict()) if isinstance(res, VecqError) else (m, res, None)
+                        for m, res in zip(members, results, strict=True)]
     duration_ms = (time.perf_counter() - started) * 1000
 
     def finish() -> None:

@@ -88,7 +88,55 @@ def fail_parent(st: state.ProcessState, error: dict[str, Any], inputs: dict[str,
 
 
 # The parts of a bulk ingest stay out of the recent jobs: their parent shows the progress.
-@task(ADD, "add", listed=lambda inputs: inputs.get("parent") is None, on_fail=fail_parent)
+def add_batch(st: state.ProcessState, batch_id: str, *, collection: str, vectors_b64: str,
+              members: list[dict[str, Any]], uid: str | None = None, chunk_rows: int | None = None,
+              **per_request: Any) -> list[dict[str, Any] | VecqError]:
+    """Single writes the API coalesced (api/writer.py): `members` ([{job_id, n, ids | id_prefix + id_start,
+    metadata}], their rows in order in `vectors_b64`), appended in that order in one round trip, each under its own
+    job id (so a redelivered batch appends nothing twice): one result per member, as `add` gives. A member's own
+    bad input fails that member alone."""
+    col = resolve(st, collection, uid)
+    matrix = as_float32(decode_vectors(vectors_b64, col.dim))
+    if len(matrix) != sum(int(m["n"]) for m in members):
+        raise InvalidInput("members do not add up to the rows sent", "members")
+    if col.metric == "cosine":
+        matrix = normalized(matrix)
+    per_entry = int(chunk_rows) if chunk_rows else rows_per_wal_entry(st.settings.wal_chunk_bytes, col.dim)
+    chunks: list[tuple[str, list[str], bytes, list[str | None]]] = []
+    planned: list[tuple[int, list[str]] | VecqError] = []  # per member: its last chunk's index and its ids
+    start = 0
+    for member in members:
+        n, job_id = int(member["n"]), str(member["job_id"])
+        rows, start = matrix[start:start + n], start + n
+        try:
+            vids = check_ids(member["ids"] if "ids" in member else ingest.row_ids(
+                job_id, member.get("id_prefix"), int(member.get("id_start") or 0), 0, n), n, st.settings.max_id_length)
+            metas = (check_metadata(member["metadata"], n, st.settings.max_metadata_bytes)
+                     if member.get("metadata") is not None else [None] * n)
+        except VecqError as exc:
+            planned.append(exc)
+            continue
+        for chunk, first in enumerate(range(0, n, per_entry)):
+            chunks.append((f"{job_id}:{chunk}", vids[first:first + per_entry],
+                           np.ascontiguousarray(rows[first:first + per_entry], dtype="<f4").tobytes(),
+                           metas[first:first + per_entry]))
+        planned.append((len(chunks) - 1, vids))
+    lsns = wal.append_adds(st.r, col, chunks) if chunks else []
+    results: list[dict[str, Any] | VecqError] = []
+    for plan in planned:
+        if isinstance(plan, VecqError):
+            results.append(plan)
+            continue
+        last, vids = plan
+        result: dict[str, Any] = {"count": len(vids), "lsn": lsns[last]}
+        if len(vids) <= IDS_IN_RESULT_MAX:
+            result["ids"] = vids
+        results.append(result)
+    maybe_seal(st, col, sum(len(c[1]) for c in chunks))
+    return results
+
+
+@task(ADD, "add", listed=lambda inputs: inputs.get("parent") is None, on_fail=fail_parent, batch=add_batch)
 def add(st: state.ProcessState, job_id: str, *, collection: str, vectors: list[list[float]] | None = None,
         vectors_b64: str | None = None,
         ids: list[str] | None = None, metadata: list[dict[str, Any] | None] | None = None,

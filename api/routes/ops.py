@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from api import metrics, ops
 from api.auth import identify
-from api.deps import KeysDep, MetricsRegistryDep, PrincipalDep, RedisDep, SearcherDep, SettingsDep
+from api.deps import KeysDep, MetricsRegistryDep, PrincipalDep, RedisDep, SearcherDep, SettingsDep, WriterDep
 from common.errors import Forbidden
 from common.schemas import error_responses
 
@@ -18,7 +18,7 @@ router = APIRouter(tags=["operations"])
 @router.get("/metrics", response_class=Response,
             responses={200: {"content": {metrics.CONTENT_TYPE: {}}, "description": "Prometheus text format"}})
 async def prometheus_metrics(request: Request, r: RedisDep, settings: SettingsDep, api_keys: KeysDep,
-                             registry: MetricsRegistryDep, searcher: SearcherDep) -> Response:
+                             registry: MetricsRegistryDep, searcher: SearcherDep, writer: WriterDep) -> Response:
     """Prometheus exposition. Open like /healthz (expose it to the monitoring network only), unless
     VECQ_METRICS_NEED_KEY: then a key allowed on every collection, since it names them all."""
     if settings.metrics_need_key:
@@ -26,7 +26,7 @@ async def prometheus_metrics(request: Request, r: RedisDep, settings: SettingsDe
         if principal.pattern != "*":
             raise Forbidden("/metrics names every collection: it needs a key allowed on all of them", None)
     snap = await ops.take(r, settings)
-    return Response(metrics.render(registry, snap, searcher),
+    return Response(metrics.render(registry, snap, searcher, writer),
                     media_type=metrics.CONTENT_TYPE)
 
 

@@ -16,9 +16,10 @@ from api.deps import (
     SettingsDep,
     VectorIdPath,
     WaitWrite,
+    WriterDep,
     load_collection,
 )
-from api.dispatch import Pending
+from api.dispatch import Pending, RawResult
 from api.ingest import NPY, PARQUET
 from api.strict_json import StrictJSONRoute
 from common import codec, filters
@@ -50,7 +51,7 @@ IdStart = Annotated[int, Query(ge=0, le=10**15, description="Row number of the u
              responses={202: {"model": JobAccepted}, 200: {"description": "the finished add job"},
                         413: {"model": ErrorBody}, 415: {"model": ErrorBody}})
 async def add_vectors(name: CollectionName, request: Request, r: RedisDep, principal: PrincipalDep,
-                      dispatcher: DispatcherDep, settings: SettingsDep, wait: WaitWrite = 0.0,
+                      dispatcher: DispatcherDep, writer: WriterDep, settings: SettingsDep, wait: WaitWrite = 0.0,
                       id_prefix: IdPrefix = None, id_start: IdStart = 0) -> Any:
     """Upsert vectors (an id that exists is replaced). Without `wait`, 202 with the job at once.
 
@@ -60,8 +61,8 @@ async def add_vectors(name: CollectionName, request: Request, r: RedisDep, princ
     in parts; `progress` on the job shows the vectors written. Nothing of a rejected upload is applied."""
     col = await load_collection(name, r, principal, write=True)
     outcome = await ingest.add(request, r, col, dispatcher, settings, wait=wait, scope=principal.scope,
-                               id_prefix=id_prefix, id_start=id_start)
-    return outcome.response() if isinstance(outcome, Pending) else outcome
+                               id_prefix=id_prefix, id_start=id_start, writer=writer)
+    return outcome.response() if isinstance(outcome, Pending | RawResult) else outcome
 
 
 @router.post("/delete", responses={202: {"model": JobAccepted}})
