@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 import uuid
 from dataclasses import dataclass
@@ -13,6 +11,7 @@ import redis.asyncio as aredis
 from celery import Celery
 from fastapi.responses import JSONResponse, Response
 
+from api.publish import Publisher
 from api.waiter import JobWaiter, Outcome
 from common import errors, jobs
 from common.settings import Settings
@@ -46,29 +45,14 @@ def new_job_id() -> str:
 class Dispatcher:
     def __init__(self, r: aredis.Redis, celery: Celery, waiter: JobWaiter, settings: Settings) -> None:
         self.r = r
-        self.celery = celery
+        self.publisher = Publisher(r, celery, settings.queue)
         self.waiter = waiter
         self.settings = settings
-        self._publish_inline = True
 
     async def send(self, task: str, job_id: str, kwargs: dict[str, Any]) -> None:
-        """Publish a job. ignore_result: outcomes come from job records; otherwise Celery subscribes to a result
-        channel per task (the shared pub/sub that breaks under concurrency, celery#4480)."""
-        publish = functools.partial(self.celery.send_task, task, kwargs=kwargs, task_id=job_id,
-                                    queue=self.settings.queue, ignore_result=True)
-        if self._publish_inline:
-            # kombu publishes synchronously, but it is one LPUSH on an open connection (well under a
-            # millisecond): done right here. Handed to a thread it took 5-20 ms under load, the time for the busy
-            # event loop to come back for the thread's result, and a coalesced batch waited all that time.
-            try:
-                publish(retry=False)
-                return
-            except Exception:
-                # Redis may be going away: publish through a thread (with Celery's retries) until one succeeds,
-                # so that an outage blocks the event loop once, for at most the broker socket timeout.
-                self._publish_inline = False
-        await asyncio.to_thread(publish)
-        self._publish_inline = True
+        """Publish a job (api/publish.py). Its outcome comes from its job record, never from Celery's results:
+        a result subscription per task is the shared pub/sub that breaks under concurrency (celery#4480)."""
+        await self.publisher.publish(task, job_id, kwargs)
 
     async def submit(self, job_type: str, task: str, collection: str | None, kwargs: dict[str, Any], *,
                      wait: float, scope: str = "", total: int | None = None,
