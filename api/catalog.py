@@ -3,8 +3,9 @@
 A search needs its collection's record (dim, metric, uid) before anything else, and under load that one
 HGETALL per request was a sixth of the API's CPU. A record is reused for at most `collection_cache_s`. A stale
 one cannot mix data: every job carries the collection's uid and a worker answers 404 for a uid that is gone,
-so a search in the moment after a delete (from another API process) still gets its 404, one hop later. Writes
-and reads of the record itself (GET /v1/collections/{name}) always go to Redis.
+so a search in the moment after a delete (from another API process) still gets its 404, one hop later. Adds of
+vectors use it too (their jobs carry the uid the same way); changes and reads of the record itself (create,
+delete, GET /v1/collections/{name}) always go to Redis.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 
 from api import ingest
 from api.deps import (
+    CatalogDep,
     CollectionName,
     DispatcherDep,
     PrincipalDep,
@@ -51,15 +52,16 @@ IdStart = Annotated[int, Query(ge=0, le=10**15, description="Row number of the u
              responses={202: {"model": JobAccepted}, 200: {"description": "the finished add job"},
                         413: {"model": ErrorBody}, 415: {"model": ErrorBody}})
 async def add_vectors(name: CollectionName, request: Request, r: RedisDep, principal: PrincipalDep,
-                      dispatcher: DispatcherDep, writer: WriterDep, settings: SettingsDep, wait: WaitWrite = 0.0,
-                      id_prefix: IdPrefix = None, id_start: IdStart = 0) -> Any:
+                      catalog: CatalogDep, dispatcher: DispatcherDep, writer: WriterDep, settings: SettingsDep,
+                      wait: WaitWrite = 0.0, id_prefix: IdPrefix = None, id_start: IdStart = 0) -> Any:
     """Upsert vectors (an id that exists is replaced). Without `wait`, 202 with the job at once.
 
     JSON (`{"vectors", "ids"?, "metadata"?}`, up to max_vectors_per_request vectors) or a binary upload:
     `application/x-npy` or `application/vnd.apache.parquet`. An upload is checked (header, dimension, exact
     length, schema) while it streams into Redis, then a `vecq.ingest` job checks every value and writes it
     in parts; `progress` on the job shows the vectors written. Nothing of a rejected upload is applied."""
-    col = await load_collection(name, r, principal, write=True)
+    principal.require(name, write=True)
+    col = await catalog.get(name)  # its uid goes with the job: a worker refuses a collection deleted since
     outcome = await ingest.add(request, r, col, dispatcher, settings, wait=wait, scope=principal.scope,
                                id_prefix=id_prefix, id_start=id_start, writer=writer)
     return outcome.response() if isinstance(outcome, Pending | RawResult) else outcome
