@@ -64,29 +64,39 @@ class Column:
 
 def fit(title: str, columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int) -> Table:
     """A table of the columns that fit `width`, most important first, in their given order; the caption names
-    what was left out. A column that fits is never narrower than its header and its widest cell (or, when it
-    wraps, its min_width)."""
+    what was left out. A column shown is as wide as its header and its widest cell, except a wrapping column,
+    which gets at least its min_width and then what room is left (its width is set here, not left to rich,
+    whose shrinking would otherwise crop the no-wrap columns at the terminal's edge)."""
 
-    def need(i: int, column: Column) -> int:
-        widest = max([len(column.header), *(len(row[i]) for row in rows)])
-        return CELL_PADDING + (max(len(column.header), column.min_width) if column.wraps else widest)
+    def natural(i: int) -> int:
+        return max([len(columns[i].header), *(len(row[i]) for row in rows)])
 
-    shown: set[int] = set()
-    used = 1  # the table's left border
-    for i in sorted(range(len(columns)), key=lambda i: columns[i].priority):
-        if not shown or used + need(i, columns[i]) <= width:  # the first column is always there
-            shown.add(i)
-            used += need(i, columns[i])
-    hidden = [c.header for i, c in enumerate(columns) if i not in shown]
+    def least(i: int) -> int:
+        column = columns[i]
+        return min(natural(i), max(len(column.header), column.min_width)) if column.wraps else natural(i)
+
+    by_priority = sorted(range(len(columns)), key=lambda i: columns[i].priority)
+    widths: dict[int, int] = {}
+    room = width - 1  # the table's left border
+    for i in by_priority:
+        if not widths or least(i) + CELL_PADDING <= room:  # the first column is always there
+            widths[i] = least(i)
+            room -= least(i) + CELL_PADDING
+    for i in by_priority:  # what room is left widens the wrapping columns, most important first
+        if i in widths and columns[i].wraps:
+            grown = min(natural(i), widths[i] + max(0, room))
+            room -= grown - widths[i]
+            widths[i] = grown
+    hidden = [c.header for i, c in enumerate(columns) if i not in widths]
     table = Table(title=title, title_justify="left", caption_justify="left",
                   caption=f"(not shown at {width} columns: {', '.join(hidden)})" if hidden else None)
     for i, column in enumerate(columns):
-        if i in shown:
-            table.add_column(column.header, justify=column.justify,
-                             no_wrap=not column.wraps, overflow="fold" if column.wraps else "ellipsis",
-                             min_width=max(len(column.header), column.min_width) if column.wraps else None)
+        if i in widths:
+            table.add_column(column.header, justify=column.justify, no_wrap=not column.wraps,
+                             overflow="fold" if column.wraps else "ellipsis",
+                             width=widths[i] if column.wraps else None)
     for row in rows:
-        table.add_row(*(cell for i, cell in enumerate(row) if i in shown))
+        table.add_row(*(cell for i, cell in enumerate(row) if i in widths))
     return table
 
 
