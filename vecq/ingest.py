@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
@@ -207,7 +208,7 @@ def run(args: IngestArgs) -> int:
     try:
         dim, total, chunks = READERS[suffix](path, args.batch)
     except (OSError, ValueError) as exc:
-        console.print(f"[red]vecq ingest: {exc}[/red]")
+        console.print(f"[red]vecq ingest: {escape(str(exc))}[/red]")
         return 2
     with Client(args.url, args.api_key, timeout=args.http_timeout) as client:
         try:
@@ -223,10 +224,10 @@ def run(args: IngestArgs) -> int:
                 return 2
             return upload_all(client, console, args, path, total, chunks, col.count)
         except (VecqHTTPError, OSError, ValueError) as exc:
-            console.print(f"[red]vecq ingest: {exc}[/red]")
+            console.print(f"[red]vecq ingest: {escape(str(exc))}[/red]")
             return 1
         except Exception as exc:  # httpx transport errors and the like: one line, not a traceback
-            console.print(f"[red]vecq ingest: {type(exc).__name__}: {exc}[/red]")
+            console.print(f"[red]vecq ingest: {type(exc).__name__}: {escape(str(exc))}[/red]")
             return 1
 
 
@@ -274,8 +275,8 @@ def upload_all(client: Client, console: Console, args: IngestArgs, path: Path, t
     count = client.get_collection(args.collection).count
     for job in failed[:5]:
         error = job.error
-        console.print(f"[red]job {job.job_id} {job.status}: {error.message if error else ''}"
-                      f"{f' (field {error.field})' if error and error.field else ''}[/red]")
+        detail = (error.message + (f" (field {error.field})" if error.field else "")) if error else ""
+        console.print(f"[red]job {job.job_id} {job.status}: {escape(detail)}[/red]")
     rate = written_rows / seconds if seconds > 0 else 0.0
     print(f"{path.name}: {written_rows} vectors in {seconds:.2f}s ({rate:,.0f} vectors/s) into {args.collection}; "
           f"count {count_before} -> {count}" + (f"; {len(failed)} jobs failed" if failed else ""), flush=True)
