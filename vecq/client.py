@@ -197,7 +197,7 @@ def _npy_header(array: np.ndarray[Any, Any]) -> bytes:
 def _npy_pieces(array: np.ndarray[Any, Any]) -> tuple[int, Callable[[], Iterator[bytes]]]:
     """An array as .npy bytes, streamed from its own memory (no whole copy): (length, pieces)."""
     header = _npy_header(array)
-    data = memoryview(array).cast("B")
+    data = array.data.cast("B")  # the array is C-contiguous (_as_npy_array)
 
     def pieces() -> Iterator[bytes]:
         yield header

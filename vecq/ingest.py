@@ -213,10 +213,11 @@ def run(args: IngestArgs) -> int:
     with Client(args.url, args.api_key, timeout=args.http_timeout) as client:
         try:
             if args.create:
-                if (args.dim or dim) is None:
+                size = args.dim or dim
+                if size is None:
                     console.print("[red]vecq ingest: --dim is needed (the file has no rows)[/red]")
                     return 2
-                client.create_collection(args.collection, args.dim or dim, args.metric, args.index, exist_ok=True)
+                client.create_collection(args.collection, size, args.metric, args.index, exist_ok=True)
             col = client.get_collection(args.collection)
             if dim is not None and dim != col.dim:
                 console.print(f"[red]vecq ingest: {path.name} has {dim}-d vectors, {args.collection} is "
