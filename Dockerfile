@@ -16,7 +16,9 @@ RUN useradd --create-home --uid 10001 --user-group vecq \
 WORKDIR /app
 # Dependencies first, from pyproject.toml alone, so a code change does not reinstall FAISS and friends.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+# The image is the server: the client's dependencies plus the `server` extra.
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['server']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt

@@ -22,6 +22,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis
 import redis.asyncio as aredis
@@ -166,7 +167,7 @@ class AsyncWriter:
         await self.finish()
         meta = {"size": self.size, "segments": self.segments, "segment_bytes": self.segment_bytes, **attrs}
         async with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(_meta_key(self.id), mapping=meta)
+            pipe.hset(_meta_key(self.id), mapping=meta)  # type: ignore[arg-type]  # redis-py's Mapping[EncodableT, EncodableT] is invariant in its key type
             pipe.expire(_meta_key(self.id), self.ttl)
             await pipe.execute()
         return Blob(self.id, self.size, self.segments, self.segment_bytes, {k: str(v) for k, v in attrs.items()})
@@ -188,8 +189,9 @@ def put(r: redis.Redis, data: bytes | bytearray | memoryview, *, ttl: int, blob_
     with r.pipeline(transaction=False) as pipe:
         for n in range(segments):
             pipe.set(_segment_key(blob_id, n), view[n * segment_bytes : (n + 1) * segment_bytes].tobytes(), ex=ttl)
-        pipe.hset(_meta_key(blob_id), mapping={"size": len(view), "segments": segments,
-                                               "segment_bytes": segment_bytes, **attrs})
+        meta: dict[str, str | int] = {"size": len(view), "segments": segments, "segment_bytes": segment_bytes,
+                                      **attrs}
+        pipe.hset(_meta_key(blob_id), mapping=meta)  # type: ignore[arg-type]  # redis-py's Mapping[EncodableT, EncodableT] is invariant in its key type
         pipe.expire(_meta_key(blob_id), ttl)
         pipe.execute()
     return blob_id
@@ -200,7 +202,7 @@ def put_part(r: redis.Redis, blob_id: str, row: int, data: bytes, ttl: int) -> N
 
 
 def set_attrs(r: redis.Redis, blob_id: str, **attrs: str | int) -> None:
-    r.hset(_meta_key(blob_id), mapping=attrs)
+    r.hset(_meta_key(blob_id), mapping=attrs)  # type: ignore[arg-type]  # redis-py's Mapping[EncodableT, EncodableT] is invariant in its key type
 
 
 # Reading ---------------------------------------------------------------------------------------------------
@@ -229,7 +231,7 @@ def get_part(r: redis.Redis, blob_id: str, row: int) -> bytes:
     data = r.get(_part_key(blob_id, row))
     if data is None:
         raise NotFound(f"part {row} of blob {blob_id!r} not found (expired)", "blob")
-    return data
+    return cast(bytes, data)  # a client without decode_responses: redis-py types the value as bytes | str
 
 
 # Lifetime --------------------------------------------------------------------------------------------------

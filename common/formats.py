@@ -69,13 +69,15 @@ def npy_layout(head: bytes, *, complete: bool) -> NpyLayout | None:
         raise InvalidInput(f"unsupported .npy format version {major}", "body")
     start = len(NPY_MAGIC) + 2
     if len(head) < start + length_size:
-        return _need_more(complete)
+        _need_more(complete)
+        return None
     header_len = struct.unpack("<H" if length_size == 2 else "<I", head[start : start + length_size])[0]
     offset = start + length_size + header_len
     if offset > NPY_HEAD_MAX:
         raise InvalidInput(f".npy header of {header_len} bytes is too large", "body")
     if len(head) < offset:
-        return _need_more(complete)
+        _need_more(complete)
+        return None
     fp = io.BytesIO(bytes(head[:offset]))
     try:
         npy_format.read_magic(fp)
@@ -254,7 +256,7 @@ def check_schema(schema: pa.Schema, rows: int, dim: int) -> ParquetShape:
 
 
 def _numeric(t: pa.DataType) -> bool:
-    return pa.types.is_floating(t) or pa.types.is_integer(t)
+    return bool(pa.types.is_floating(t) or pa.types.is_integer(t))
 
 
 def parquet_parts(data: bytes | memoryview, dim: int, rows_per_part: int) -> tuple[ParquetShape, Iterator[pa.Table]]:
@@ -318,7 +320,7 @@ def table_vectors(table: pa.Table, dim: int, first_row: int = 0) -> np.ndarray:
         row = int(np.flatnonzero(bad)[0])
         raise InvalidInput("must be finite float32 values (no NaN, null, Infinity or overflow)",
                            f"vectors[{first_row + row}]")
-    return matrix
+    return np.asarray(matrix)  # pyarrow is untyped: the Any it gave becomes the array it is
 
 
 def table_ids(table: pa.Table, max_length: int) -> list[str] | None:

@@ -37,7 +37,7 @@ def stop(r: redis.Redis, wid: str) -> None:
 
 def alive_ids(r: redis.Redis, ttl_s: float) -> set[str]:
     """The ids of the workers whose last beat is younger than the TTL."""
-    return {w.decode() if isinstance(w, bytes) else w
+    return {w.decode() if isinstance(w, bytes) else str(w)
             for w in r.zrangebyscore(keys.WORKERS, time.time() - ttl_s, "+inf")}
 
 
@@ -45,7 +45,7 @@ async def alive(r: aredis.Redis, ttl_s: float) -> list[dict[str, Any]]:
     """Workers whose last beat is younger than the TTL; older entries are pruned on the way."""
     cutoff = time.time() - ttl_s
     await r.zremrangebyscore(keys.WORKERS, "-inf", cutoff)
-    wids = [w.decode() if isinstance(w, bytes) else w for w in await r.zrangebyscore(keys.WORKERS, cutoff, "+inf")]
+    wids = [w.decode() if isinstance(w, bytes) else str(w) for w in await r.zrangebyscore(keys.WORKERS, cutoff, "+inf")]
     if not wids:
         return []
     raw = await r.mget([keys.heartbeat(w) for w in wids])

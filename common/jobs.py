@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -44,7 +44,7 @@ def _now() -> str:
     return f"{time.time():.6f}"
 
 
-def _decode(raw: dict[Any, Any]) -> dict[str, str]:
+def _decode(raw: Mapping[Any, Any]) -> dict[str, str]:
     return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in raw.items()}
 
@@ -91,7 +91,7 @@ def _initial(job_id: str, job_type: str, collection: str | None, scope: str, tot
 async def acreate(r: aredis.Redis, job_id: str, job_type: str, collection: str | None, *, ttl: int,
                   scope: str = "", watcher: str | None = None, total: int | None = None) -> None:
     async with r.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.job(job_id), mapping=_initial(job_id, job_type, collection, scope, total))
+        pipe.hset(keys.job(job_id), mapping=_initial(job_id, job_type, collection, scope, total))  # type: ignore[arg-type]  # redis-py's Mapping[EncodableT, EncodableT] is invariant in its key type
         pipe.expire(keys.job(job_id), ttl)
         _list(pipe, job_id, job_type, collection)
         if watcher:
@@ -103,7 +103,7 @@ async def acreate(r: aredis.Redis, job_id: str, job_type: str, collection: str |
 def create(r: redis.Redis, job_id: str, job_type: str, collection: str | None, *, ttl: int,
            scope: str = "", total: int | None = None) -> None:
     with r.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.job(job_id), mapping=_initial(job_id, job_type, collection, scope, total))
+        pipe.hset(keys.job(job_id), mapping=_initial(job_id, job_type, collection, scope, total))  # type: ignore[arg-type]  # redis-py's Mapping[EncodableT, EncodableT] is invariant in its key type
         pipe.expire(keys.job(job_id), ttl)
         _list(pipe, job_id, job_type, collection)
         pipe.execute()
@@ -151,7 +151,7 @@ async def arecent(r: aredis.Redis, *, limit: int, may_read: Callable[[str, str |
             break
         wanted = []
         for _, fields in entries:
-            entry = _decode(fields)
+            entry = _decode(fields or {})
             if (job_type is None or entry.get("type") == job_type) and \
                     (collection is None or entry.get("collection") == collection):
                 wanted.append(entry["job"])
@@ -172,7 +172,7 @@ async def arecent(r: aredis.Redis, *, limit: int, may_read: Callable[[str, str |
         if len(entries) < RECENT_PAGE:
             break
         last = entries[-1][0]
-        newest = "(" + (last.decode() if isinstance(last, bytes) else last)
+        newest = "(" + (last.decode() if isinstance(last, bytes) else str(last))
     return out
 
 
@@ -403,7 +403,7 @@ class MemberOutcome:
     raw: bytes
 
 
-def batch_message(batch_id: str, outcomes: list[tuple[str, str, str, str]]) -> bytes:
+def batch_message(batch_id: str, outcomes: Sequence[tuple[str, str, str, str]]) -> bytes:
     """A search batch's one message to its API process: a JSON header line naming each member's job id,
     status, field and length, then the members' encoded values back to back. The API hands each value to
     its HTTP response as it is, without parsing it."""

@@ -290,7 +290,7 @@ def test_vecq_status_prints_collections_workers_and_queue(stack: Stack, api: htt
 
     down = subprocess.run([sys.executable, "-m", "vecq.cli", "status", "--url", "http://127.0.0.1:9"], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=60)
-    assert down.returncode == 1 and "cannot reach" in down.stdout
+    assert down.returncode == 1 and "cannot reach" in down.stderr  # errors go to stderr, one line
 
 
 # Docker ---------------------------------------------------------------------------------------------------------

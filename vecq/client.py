@@ -9,57 +9,112 @@
         print(job.result["count"], hits.results[0][0].id)
 
 Write methods (`add`, `upload`, `upload_npy`) return the job (`common.schemas.Job`): with `wait=True` once it
-has finished (raising `JobFailed` if it failed), else as queued. HTTP errors raise `VecqHTTPError` with the
-API's `code`, `message` and `field`.
+has finished (raising `JobFailed` if it failed), else as queued. An error answer of the API raises the
+`common.errors` class of its code (`NotFound`, `InvalidInput`, ...) that is also a `VecqHTTPError`, with the
+HTTP `status`, `code`, `message` and `field`. Answers 503 and 429 are retried (bounded, honouring Retry-After).
+
+How the two clients share their code (the pattern of httpx's own BaseClient): every operation is written once,
+in `BaseClient`, as a generator that yields the requests (`Call`) it needs and gets their responses sent back.
+It does no I/O; `Client` runs it with blocking sends and `AsyncClient` with awaited ones. So what a method
+sends, how it reads the answers and when it waits for a job are in one place.
+
+This module and what it imports (common.schemas, common.errors, common.status, common.codec, common.filters)
+need httpx, numpy and pydantic only: `pip install vecq` installs the client without the server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import math
 import os
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import httpx
 import numpy as np
 
+from common import errors
+from common.errors import STATUS_BY_CODE, VecqError
 from common.schemas import CollectionOut, Job, SearchResponse
 from common.status import TERMINAL as TERMINAL
+from common.status import JobStatus
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 NPY = "application/x-npy"
 PARQUET = "application/vnd.apache.parquet"
 PIECE_BYTES = 4 * 1024 * 1024  # what an upload sends per write
+DEFAULT_RETRIES = 3  # answers 503/429 retried at most this often per request
+DEFAULT_MAX_RETRY_WAIT = 10.0  # seconds: no single wait before a retry is longer, whatever Retry-After says
+LONG_POLL_S = 30.0  # one GET /v1/jobs/{id}?wait= of wait_job
 
-__all__ = ["AsyncClient", "Client", "JobFailed", "VecqHTTPError"]
+__all__ = ["AsyncClient", "BaseClient", "Client", "JobFailed", "VecqHTTPError"]
 
-
-class VecqHTTPError(Exception):
-    """An error answer of the API: `{"error": {"code", "message", "field"}}` and its HTTP status."""
-
-    def __init__(self, status: int | None, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(f"{status or ''} {code}: {message}" + (f" (field {field})" if field else ""))
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
+T = TypeVar("T")
 
 
-_STATUS_OF_CODE = {"invalid": 422, "not_found": 404, "conflict": 409, "too_large": 413, "forbidden": 403}
+# Errors ----------------------------------------------------------------------------------------------------
+
+
+class VecqHTTPError(VecqError):
+    """An error answer of the API: `{"error": {"code", "message", "field"}}` and its HTTP `status`.
+
+    What the client raises is a subclass that is also the `common.errors` class of the code (`error_class`), so
+    `except VecqHTTPError`, `except errors.NotFound` and `except errors.VecqError` all catch a 404."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message, field)
+        # Instance values over the class's: the status the server really answered, and a code this client may
+        # not know (a newer server's) stays visible.
+        self.status = status  # type: ignore[misc]
+        self.code = code  # type: ignore[misc]
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}" + (f" (field {self.field})" if self.field else "")
+
+
+_HTTP_ERROR_CLASSES: dict[type[VecqError], type[VecqHTTPError]] = {VecqError: VecqHTTPError}
+
+
+def error_class(code: str) -> type[VecqHTTPError]:
+    """The class the client raises for `code`: VecqHTTPError and the common.errors class of the code."""
+    base = errors.CLASS_BY_CODE.get(code, VecqError)
+    if base not in _HTTP_ERROR_CLASSES:
+        made = type(base.__name__, (VecqHTTPError, base), {"__module__": __name__, "__qualname__": base.__name__})
+        _HTTP_ERROR_CLASSES[base] = cast(type[VecqHTTPError], made)
+    return _HTTP_ERROR_CLASSES[base]
+
+
+def http_error(status: int, code: str, message: str, field: str | None = None) -> VecqHTTPError:
+    return error_class(code)(status, code, message, field)
 
 
 class JobFailed(VecqHTTPError):
-    """A job that was waited for ended failed or canceled; `job.error` says why."""
+    """A job that was waited for ended failed or canceled; `job.error` says why, `status` is the HTTP status
+    its code has (`STATUS_BY_CODE`), as if the API had answered with it."""
 
     def __init__(self, job: Job) -> None:
         error = job.error
-        code = error.code if error else job.status
-        super().__init__(_STATUS_OF_CODE.get(code), code, error.message if error else f"job {job.status}",
-                         error.field if error else None)
+        code = error.code if error else str(job.status)
+        super().__init__(STATUS_BY_CODE.get(code, VecqError.status), code,
+                         error.message if error else f"job {job.status}", error.field if error else None)
         self.job = job
+
+
+def raise_for(resp: httpx.Response) -> None:
+    """Raise the error an answer of 400 and above carries (a proxy's non-JSON error page too)."""
+    if resp.status_code < 400:
+        return
+    try:
+        error = resp.json()["error"]
+        code, message, field = str(error["code"]), str(error.get("message", "")), error.get("field")
+    except (ValueError, KeyError, TypeError):
+        raise http_error(resp.status_code, "http_error", resp.text[:500] or resp.reason_phrase) from None
+    raise http_error(resp.status_code, code, message, field if isinstance(field, str) else None)
 
 
 def default_url(url: str | None = None) -> str:
@@ -70,23 +125,27 @@ def default_api_key(api_key: str | None = None) -> str | None:
     return api_key or os.environ.get("VECQ_API_KEY") or None
 
 
-# What both clients share: building requests and reading answers (no I/O here) ----------------------------
+# Requests and bodies (no I/O) ------------------------------------------------------------------------------
 
 
-def _raise_for(resp: httpx.Response) -> None:
-    if resp.status_code < 400:
-        return
-    try:
-        error = resp.json()["error"]
-        raise VecqHTTPError(resp.status_code, str(error.get("code")), str(error.get("message")), error.get("field"))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise VecqHTTPError(resp.status_code, "http_error", resp.text[:500] or resp.reason_phrase) from None
+Body = Iterator[bytes] | bytes
 
 
-def _queued(resp: httpx.Response, job_type: str, collection: str) -> Job:
-    _raise_for(resp)
-    body = resp.json()
-    return Job(job_id=body["job_id"], type=job_type, collection=collection, status=body.get("status", "queued"))
+@dataclass(frozen=True)
+class Call:
+    """One request an operation needs. `body` is called once per attempt, so a retried upload is read again
+    from its start; `file` is the file it reads, if any (the async client reads it in a thread)."""
+
+    method: str
+    path: str
+    params: dict[str, Any] | None = None
+    json: Any = None
+    body: Callable[[], Body] | None = None
+    headers: dict[str, str] | None = None
+    file: Path | None = None
+
+
+Op = Generator[Call, httpx.Response, T]
 
 
 def _add_body(vectors: Any, ids: Sequence[str] | None, metadata: Sequence[dict[str, Any] | None] | None
@@ -100,8 +159,8 @@ def _add_body(vectors: Any, ids: Sequence[str] | None, metadata: Sequence[dict[s
 
 
 def _search_body(vectors: Any, k: int, params: dict[str, int] | None, include_metadata: bool,
-                 include_vectors: bool, consistency: str, min_lsn: str | None, filter: dict[str, Any] | None = None,
-                 offset: int = 0, score_threshold: float | None = None) -> dict[str, Any]:
+                 include_vectors: bool, consistency: str, min_lsn: str | None, filter: dict[str, Any] | None,
+                 offset: int, score_threshold: float | None) -> dict[str, Any]:
     q = np.asarray(vectors, dtype=np.float64)
     body: dict[str, Any] = {"vector": q.tolist()} if q.ndim == 1 else {"vectors": q.tolist()}
     body.update(k=k, include_metadata=include_metadata, include_vectors=include_vectors, consistency=consistency)
@@ -120,7 +179,7 @@ def _upload_params(id_prefix: str | None, id_start: int) -> dict[str, Any]:
     return params
 
 
-def _as_npy_array(array: Any) -> np.ndarray:
+def _as_npy_array(array: Any) -> np.ndarray[Any, Any]:
     a = np.asarray(array)
     if a.ndim != 2:
         raise ValueError(f"vectors must be a 2-D array, got shape {a.shape}")
@@ -129,23 +188,23 @@ def _as_npy_array(array: Any) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _npy_header(array: np.ndarray) -> bytes:
+def _npy_header(array: np.ndarray[Any, Any]) -> bytes:
     out = io.BytesIO()
     np.lib.format.write_array_header_1_0(out, np.lib.format.header_data_from_array_1_0(array))
     return out.getvalue()
 
 
-def _npy_pieces(array: np.ndarray) -> tuple[int, Iterator[bytes]]:
+def _npy_pieces(array: np.ndarray[Any, Any]) -> tuple[int, Callable[[], Iterator[bytes]]]:
     """An array as .npy bytes, streamed from its own memory (no whole copy): (length, pieces)."""
     header = _npy_header(array)
-    data = memoryview(array).cast("B")
+    data = array.data.cast("B")  # the array is C-contiguous (_as_npy_array)
 
     def pieces() -> Iterator[bytes]:
         yield header
         for i in range(0, len(data), PIECE_BYTES):
             yield bytes(data[i : i + PIECE_BYTES])
 
-    return len(header) + len(data), pieces()
+    return len(header) + len(data), pieces
 
 
 def _file_pieces(path: Path) -> Iterator[bytes]:
@@ -154,35 +213,202 @@ def _file_pieces(path: Path) -> Iterator[bytes]:
             yield piece
 
 
-def _source(source: Any) -> tuple[str, int, Iterator[bytes] | bytes, Path | None]:
-    """(content type, length, body, path) of an upload: a .npy or .parquet path, an array, or a pyarrow Table."""
+@dataclass(frozen=True)
+class Upload:
+    content_type: str
+    length: int
+    body: Callable[[], Body]
+    file: Path | None = None
+
+
+def _upload_source(source: Any) -> Upload:
+    """An upload's body: a .npy or .parquet path, an array (sent as .npy), or a pyarrow Table (sent as Parquet)."""
     if isinstance(source, str | os.PathLike):
         path = Path(source)
         suffix = path.suffix.lower()
         if suffix not in (".npy", ".parquet"):
             raise ValueError(f"upload takes .npy or .parquet files, got {path.name}")
-        return (NPY if suffix == ".npy" else PARQUET), path.stat().st_size, _file_pieces(path), path
+        return Upload(NPY if suffix == ".npy" else PARQUET, path.stat().st_size, lambda: _file_pieces(path), path)
     if type(source).__module__.startswith("pyarrow"):
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # only a caller holding a pyarrow Table gets here: pyarrow is installed
 
         out = io.BytesIO()
         pq.write_table(source, out)
-        return PARQUET, out.tell(), out.getvalue(), None
+        data = out.getvalue()
+        return Upload(PARQUET, len(data), lambda: data)
     length, pieces = _npy_pieces(_as_npy_array(source))
-    return NPY, length, pieces, None
+    return Upload(NPY, length, pieces)
+
+
+def retry_after(resp: httpx.Response) -> float | None:
+    """Retry-After in seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
+    value = resp.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+# The operations, once for both clients ---------------------------------------------------------------------
+
+
+class BaseClient:
+    """What `Client` and `AsyncClient` share: configuration, the retry rule and every operation as an `Op`."""
+
+    def __init__(self, url: str | None, api_key: str | None, *, retries: int, max_retry_wait: float) -> None:
+        self.base_url = default_url(url)
+        key = default_api_key(api_key)
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.retries = retries
+        self.max_retry_wait = max_retry_wait
+
+    def retry_delay(self, resp: httpx.Response, attempt: int) -> float | None:
+        """Seconds to wait before sending the request again, or None to take this answer.
+
+        Only 503 (Redis unreachable, no capacity) and 429 (a lane full) are retried. vecq answers them before
+        the request had any effect (nothing written, no job queued), so retrying is safe for every method,
+        writes included. The wait is the server's Retry-After, else an exponential backoff; each wait is at
+        most `max_retry_wait`, and after `retries` retries the error answer is the caller's."""
+        if resp.status_code not in errors.RETRYABLE or attempt >= self.retries:
+            return None
+        asked = retry_after(resp)
+        backoff = 0.5 * 2**attempt
+        return min(self.max_retry_wait, backoff if asked is None else asked)
+
+    # Collections
+
+    def _create_collection(self, name: str, dim: int, metric: str, index: str, exist_ok: bool
+                           ) -> Op[CollectionOut]:
+        resp = yield Call("POST", "/v1/collections", json={"name": name, "dim": dim, "metric": metric,
+                                                           "index": index})
+        if resp.status_code == 409 and exist_ok:
+            existing = yield from self._get_collection(name)
+            if existing.dim != dim:
+                raise http_error(409, "conflict", f"collection {name!r} exists with dim {existing.dim}", "dim")
+            return existing
+        if resp.status_code == 202:
+            yield from self._wait_job(resp.json()["job_id"], None, True)
+            return (yield from self._get_collection(name))
+        raise_for(resp)
+        return CollectionOut.model_validate(resp.json())
+
+    def _list_collections(self) -> Op[list[CollectionOut]]:
+        resp = yield from self._checked(Call("GET", "/v1/collections"))
+        return [CollectionOut.model_validate(c) for c in resp.json()["collections"]]
+
+    def _get_collection(self, name: str) -> Op[CollectionOut]:
+        resp = yield from self._checked(Call("GET", f"/v1/collections/{name}"))
+        return CollectionOut.model_validate(resp.json())
+
+    def _delete_collection(self, name: str) -> Op[None]:
+        yield from self._checked(Call("DELETE", f"/v1/collections/{name}"))
+
+    def _workers(self) -> Op[dict[str, Any]]:
+        resp = yield from self._checked(Call("GET", "/v1/workers"))
+        return cast(dict[str, Any], resp.json())
+
+    # Writes
+
+    def _add(self, name: str, vectors: Any, ids: Sequence[str] | None,
+             metadata: Sequence[dict[str, Any] | None] | None, wait: bool, timeout: float | None) -> Op[Job]:
+        resp = yield from self._checked(Call("POST", f"/v1/collections/{name}/vectors", params={"wait": 0},
+                                             json=_add_body(vectors, ids, metadata)))
+        return (yield from self._queued(resp, "add", name, wait, timeout))
+
+    def _upload(self, name: str, source: Any, id_prefix: str | None, id_start: int, wait: bool,
+                timeout: float | None) -> Op[Job]:
+        upload = _upload_source(source)
+        headers = {"content-type": upload.content_type, "content-length": str(upload.length)}
+        resp = yield from self._checked(Call("POST", f"/v1/collections/{name}/vectors",
+                                             params=_upload_params(id_prefix, id_start), body=upload.body,
+                                             headers=headers, file=upload.file))
+        return (yield from self._queued(resp, "ingest", name, wait, timeout))
+
+    def _queued(self, resp: httpx.Response, job_type: str, collection: str, wait: bool, timeout: float | None
+                ) -> Op[Job]:
+        body = resp.json()
+        job = Job(job_id=body["job_id"], type=job_type, collection=collection,
+                  status=body.get("status", JobStatus.QUEUED))
+        if not wait:
+            return job
+        return (yield from self._wait_job(job.job_id, timeout, True))
+
+    def _delete_where(self, name: str, filter: dict[str, Any], timeout: float | None) -> Op[int]:
+        resp = yield from self._checked(Call("POST", f"/v1/collections/{name}/vectors/delete",
+                                             json={"filter": filter}))
+        job = yield from self._wait_job(resp.json()["job_id"], timeout, True)
+        return int(job.result["deleted"])
+
+    # Reads
+
+    def _search(self, name: str, body: dict[str, Any], timeout: float | None) -> Op[SearchResponse]:
+        resp = yield from self._checked(Call("POST", f"/v1/collections/{name}/search", json=body))
+        if resp.status_code == 202:  # the API's wait ran out: the job goes on
+            job = yield from self._wait_job(resp.json()["job_id"], timeout, True)
+            return SearchResponse.model_validate(job.result)
+        return SearchResponse.model_validate(resp.json())
+
+    def _count(self, name: str, filter: dict[str, Any] | None, consistency: str) -> Op[int]:
+        resp = yield from self._checked(Call("POST", f"/v1/collections/{name}/count", params={"wait": 60},
+                                             json={"filter": filter, "consistency": consistency}))
+        return int(resp.json()["count"])
+
+    # Jobs
+
+    def _get_job(self, job_id: str, wait: float) -> Op[Job]:
+        resp = yield from self._checked(Call("GET", f"/v1/jobs/{job_id}", params={"wait": wait} if wait else None))
+        return Job.model_validate(resp.json())
+
+    def _cancel_job(self, job_id: str) -> Op[Job]:
+        resp = yield from self._checked(Call("DELETE", f"/v1/jobs/{job_id}"))
+        return Job.model_validate(resp.json())
+
+    def _wait_job(self, job_id: str, timeout: float | None, check: bool) -> Op[Job]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = LONG_POLL_S if deadline is None else deadline - time.monotonic()
+            job = yield from self._get_job(job_id, max(0.05, min(LONG_POLL_S, remaining)))
+            if job.status in TERMINAL:
+                if check and job.status != JobStatus.SUCCEEDED:
+                    raise JobFailed(job)
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
+
+    @staticmethod
+    def _checked(call: Call) -> Op[httpx.Response]:
+        resp = yield call
+        raise_for(resp)
+        return resp
+
+
+def _finish(op: Op[T], send: Callable[[Call], httpx.Response]) -> T:
+    try:
+        call = next(op)
+        while True:
+            call = op.send(send(call))
+    except StopIteration as done:
+        return cast(T, done.value)
 
 
 # Sync ------------------------------------------------------------------------------------------------------
 
 
-class Client:
-    """Sync client. `Client(url=None, api_key=None)`: defaults from $VECQ_URL / $VECQ_API_KEY."""
+class Client(BaseClient):
+    """Sync client. `Client(url=None, api_key=None)`: defaults from $VECQ_URL / $VECQ_API_KEY. `retries` and
+    `max_retry_wait` bound the retries of 503/429 answers (see `BaseClient.retry_delay`)."""
 
     def __init__(self, url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0,
-                 http: httpx.Client | None = None) -> None:
-        key = default_api_key(api_key)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.http = http or httpx.Client(base_url=default_url(url), headers=headers, timeout=timeout)
+                 http: httpx.Client | None = None, retries: int = DEFAULT_RETRIES,
+                 max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT) -> None:
+        super().__init__(url, api_key, retries=retries, max_retry_wait=max_retry_wait)
+        self.http = http or httpx.Client(base_url=self.base_url, headers=self.headers, timeout=timeout)
 
     def __enter__(self) -> Client:
         return self
@@ -193,55 +419,51 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        resp = self.http.request(method, path, **kwargs)
-        _raise_for(resp)
-        return resp
+    def _send(self, call: Call) -> httpx.Response:
+        attempt = 0
+        while True:
+            resp = self.http.request(call.method, call.path, params=call.params, json=call.json,
+                                     content=call.body() if call.body else None, headers=call.headers)
+            delay = self.retry_delay(resp, attempt)
+            if delay is None:
+                return resp
+            time.sleep(delay)
+            attempt += 1
+
+    def _run(self, op: Op[T]) -> T:
+        return _finish(op, self._send)
 
     # Collections
     def create_collection(self, name: str, dim: int, metric: str = "l2", index: str = "Flat", *,
                           exist_ok: bool = False) -> CollectionOut:
         """Create a collection. With exist_ok, an existing one of the same dim is returned instead of a 409."""
-        resp = self.http.post("/v1/collections", json={"name": name, "dim": dim, "metric": metric, "index": index})
-        if resp.status_code == 409 and exist_ok:
-            existing = self.get_collection(name)
-            if existing.dim != dim:
-                raise VecqHTTPError(409, "conflict", f"collection {name!r} exists with dim {existing.dim}", "dim")
-            return existing
-        if resp.status_code == 202:
-            self.wait_job(resp.json()["job_id"])
-            return self.get_collection(name)
-        _raise_for(resp)
-        return CollectionOut.model_validate(resp.json())
+        return self._run(self._create_collection(name, dim, metric, index, exist_ok))
 
     def list_collections(self) -> list[CollectionOut]:
-        return [CollectionOut.model_validate(c) for c in self._request("GET", "/v1/collections").json()["collections"]]
+        return self._run(self._list_collections())
 
     def get_collection(self, name: str) -> CollectionOut:
-        return CollectionOut.model_validate(self._request("GET", f"/v1/collections/{name}").json())
+        return self._run(self._get_collection(name))
 
     def delete_collection(self, name: str) -> None:
-        self._request("DELETE", f"/v1/collections/{name}")
+        self._run(self._delete_collection(name))
+
+    def workers(self) -> dict[str, Any]:
+        """`GET /v1/workers`: live workers, the copies they hold, queue depths."""
+        return self._run(self._workers())
 
     # Writes
     def add(self, name: str, vectors: Any, ids: Sequence[str] | None = None,
             metadata: Sequence[dict[str, Any] | None] | None = None, *, wait: bool = True,
             timeout: float | None = None) -> Job:
         """Upsert up to max_vectors_per_request vectors as JSON; use `upload` for more."""
-        resp = self.http.post(f"/v1/collections/{name}/vectors", params={"wait": 0},
-                              json=_add_body(vectors, ids, metadata))
-        job = _queued(resp, "add", name)
-        return self.wait_job(job.job_id, timeout=timeout) if wait else job
+        return self._run(self._add(name, vectors, ids, metadata, wait, timeout))
 
     def upload(self, name: str, source: Any, *, id_prefix: str | None = None, id_start: int = 0,
                wait: bool = True, timeout: float | None = None) -> Job:
         """Bulk upsert: `source` is a .npy or .parquet path, a 2-D array (sent as .npy) or a pyarrow Table
         (sent as Parquet). Rows without ids get `id_prefix` + (id_start + row), or generated ids."""
-        content_type, length, body, _ = _source(source)
-        resp = self.http.post(f"/v1/collections/{name}/vectors", params=_upload_params(id_prefix, id_start),
-                              content=body, headers={"content-type": content_type, "content-length": str(length)})
-        job = _queued(resp, "ingest", name)
-        return self.wait_job(job.job_id, timeout=timeout) if wait else job
+        return self._run(self._upload(name, source, id_prefix, id_start, wait, timeout))
 
     def upload_npy(self, name: str, vectors: Any, *, id_prefix: str | None = None, id_start: int = 0,
                    wait: bool = True, timeout: float | None = None) -> Job:
@@ -250,7 +472,11 @@ class Client:
             vectors = _as_npy_array(vectors)
         return self.upload(name, vectors, id_prefix=id_prefix, id_start=id_start, wait=wait, timeout=timeout)
 
-    # Search
+    def delete_where(self, name: str, filter: dict[str, Any], *, timeout: float | None = 60) -> int:
+        """Delete every vector whose metadata matches `filter`; how many were deleted."""
+        return self._run(self._delete_where(name, filter, timeout))
+
+    # Reads
     def search(self, name: str, vectors: Any, k: int = 10, *, params: dict[str, int] | None = None,
                include_metadata: bool = False, include_vectors: bool = False, consistency: str = "strong",
                min_lsn: str | None = None, filter: dict[str, Any] | None = None, offset: int = 0,
@@ -259,46 +485,30 @@ class Client:
         matches (docs/filters.md), e.g. `{"lang": "en", "year": {"$gte": 2020}}`."""
         body = _search_body(vectors, k, params, include_metadata, include_vectors, consistency, min_lsn, filter,
                             offset, score_threshold)
-        resp = self._request("POST", f"/v1/collections/{name}/search", json=body)
-        if resp.status_code == 202:  # the API's wait ran out: the job goes on
-            return SearchResponse.model_validate(self.wait_job(resp.json()["job_id"], timeout=timeout).result)
-        return SearchResponse.model_validate(resp.json())
+        return self._run(self._search(name, body, timeout))
 
     def count(self, name: str, filter: dict[str, Any] | None = None, *, consistency: str = "strong") -> int:
         """How many vectors match `filter` (all of them without one)."""
-        body = {"filter": filter, "consistency": consistency}
-        resp = self._request("POST", f"/v1/collections/{name}/count", params={"wait": 60}, json=body)
-        return int(resp.json()["count"])
-
-    def delete_where(self, name: str, filter: dict[str, Any], *, timeout: float | None = 60) -> int:
-        """Delete every vector whose metadata matches `filter`; how many were deleted."""
-        resp = self._request("POST", f"/v1/collections/{name}/vectors/delete", json={"filter": filter})
-        return int(self.wait_job(resp.json()["job_id"], timeout=timeout).result["deleted"])
+        return self._run(self._count(name, filter, consistency))
 
     # Jobs
     def get_job(self, job_id: str, wait: float = 0) -> Job:
         """The job record; `wait` long-polls up to that many seconds for it to end."""
-        params = {"wait": wait} if wait else None
-        return Job.model_validate(self._request("GET", f"/v1/jobs/{job_id}", params=params).json())
+        return self._run(self._get_job(job_id, wait))
+
+    def cancel_job(self, job_id: str) -> Job:
+        """Cancel a queued job (its record, now canceled); a job that already ran raises Conflict (409)."""
+        return self._run(self._cancel_job(job_id))
 
     def wait_job(self, job_id: str, timeout: float | None = None, *, check: bool = True) -> Job:
         """Until the job ends (TimeoutError after `timeout` seconds). With check, a failed job raises JobFailed."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = 30.0 if deadline is None else deadline - time.monotonic()
-            job = self.get_job(job_id, wait=max(0.05, min(30.0, remaining)))
-            if job.status in TERMINAL:
-                if check and job.status != "succeeded":
-                    raise JobFailed(job)
-                return job
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
+        return self._run(self._wait_job(job_id, timeout, check))
 
 
 # Async -----------------------------------------------------------------------------------------------------
 
 
-async def _aiter(pieces: Iterator[bytes] | bytes, path: Path | None) -> AsyncIterator[bytes]:
+async def _aiter(pieces: Body, path: Path | None) -> AsyncIterator[bytes]:
     if isinstance(pieces, bytes):
         yield pieces
         return
@@ -313,14 +523,14 @@ async def _aiter(pieces: Iterator[bytes] | bytes, path: Path | None) -> AsyncIte
         yield piece
 
 
-class AsyncClient:
+class AsyncClient(BaseClient):
     """Async client, the same methods as `Client`, awaited."""
 
     def __init__(self, url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0,
-                 http: httpx.AsyncClient | None = None) -> None:
-        key = default_api_key(api_key)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.http = http or httpx.AsyncClient(base_url=default_url(url), headers=headers, timeout=timeout)
+                 http: httpx.AsyncClient | None = None, retries: int = DEFAULT_RETRIES,
+                 max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT) -> None:
+        super().__init__(url, api_key, retries=retries, max_retry_wait=max_retry_wait)
+        self.http = http or httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=timeout)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -331,52 +541,50 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        resp = await self.http.request(method, path, **kwargs)
-        _raise_for(resp)
-        return resp
+    async def _send(self, call: Call) -> httpx.Response:
+        attempt = 0
+        while True:
+            resp = await self.http.request(call.method, call.path, params=call.params, json=call.json,
+                                           content=_aiter(call.body(), call.file) if call.body else None,
+                                           headers=call.headers)
+            delay = self.retry_delay(resp, attempt)
+            if delay is None:
+                return resp
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def _run(self, op: Op[T]) -> T:
+        try:
+            call = next(op)
+            while True:
+                call = op.send(await self._send(call))
+        except StopIteration as done:
+            return cast(T, done.value)
 
     async def create_collection(self, name: str, dim: int, metric: str = "l2", index: str = "Flat", *,
                                 exist_ok: bool = False) -> CollectionOut:
-        resp = await self.http.post("/v1/collections",
-                                    json={"name": name, "dim": dim, "metric": metric, "index": index})
-        if resp.status_code == 409 and exist_ok:
-            existing = await self.get_collection(name)
-            if existing.dim != dim:
-                raise VecqHTTPError(409, "conflict", f"collection {name!r} exists with dim {existing.dim}", "dim")
-            return existing
-        if resp.status_code == 202:
-            await self.wait_job(resp.json()["job_id"])
-            return await self.get_collection(name)
-        _raise_for(resp)
-        return CollectionOut.model_validate(resp.json())
+        return await self._run(self._create_collection(name, dim, metric, index, exist_ok))
 
     async def list_collections(self) -> list[CollectionOut]:
-        resp = await self._request("GET", "/v1/collections")
-        return [CollectionOut.model_validate(c) for c in resp.json()["collections"]]
+        return await self._run(self._list_collections())
 
     async def get_collection(self, name: str) -> CollectionOut:
-        return CollectionOut.model_validate((await self._request("GET", f"/v1/collections/{name}")).json())
+        return await self._run(self._get_collection(name))
 
     async def delete_collection(self, name: str) -> None:
-        await self._request("DELETE", f"/v1/collections/{name}")
+        await self._run(self._delete_collection(name))
+
+    async def workers(self) -> dict[str, Any]:
+        return await self._run(self._workers())
 
     async def add(self, name: str, vectors: Any, ids: Sequence[str] | None = None,
                   metadata: Sequence[dict[str, Any] | None] | None = None, *, wait: bool = True,
                   timeout: float | None = None) -> Job:
-        resp = await self.http.post(f"/v1/collections/{name}/vectors", params={"wait": 0},
-                                    json=_add_body(vectors, ids, metadata))
-        job = _queued(resp, "add", name)
-        return await self.wait_job(job.job_id, timeout=timeout) if wait else job
+        return await self._run(self._add(name, vectors, ids, metadata, wait, timeout))
 
     async def upload(self, name: str, source: Any, *, id_prefix: str | None = None, id_start: int = 0,
                      wait: bool = True, timeout: float | None = None) -> Job:
-        content_type, length, body, path = _source(source)
-        resp = await self.http.post(f"/v1/collections/{name}/vectors", params=_upload_params(id_prefix, id_start),
-                                    content=_aiter(body, path),
-                                    headers={"content-type": content_type, "content-length": str(length)})
-        job = _queued(resp, "ingest", name)
-        return await self.wait_job(job.job_id, timeout=timeout) if wait else job
+        return await self._run(self._upload(name, source, id_prefix, id_start, wait, timeout))
 
     async def upload_npy(self, name: str, vectors: Any, *, id_prefix: str | None = None, id_start: int = 0,
                          wait: bool = True, timeout: float | None = None) -> Job:
@@ -384,39 +592,25 @@ class AsyncClient:
             vectors = _as_npy_array(vectors)
         return await self.upload(name, vectors, id_prefix=id_prefix, id_start=id_start, wait=wait, timeout=timeout)
 
+    async def delete_where(self, name: str, filter: dict[str, Any], *, timeout: float | None = 60) -> int:
+        return await self._run(self._delete_where(name, filter, timeout))
+
     async def search(self, name: str, vectors: Any, k: int = 10, *, params: dict[str, int] | None = None,
                      include_metadata: bool = False, include_vectors: bool = False, consistency: str = "strong",
                      min_lsn: str | None = None, filter: dict[str, Any] | None = None, offset: int = 0,
                      score_threshold: float | None = None, timeout: float | None = None) -> SearchResponse:
         body = _search_body(vectors, k, params, include_metadata, include_vectors, consistency, min_lsn, filter,
                             offset, score_threshold)
-        resp = await self._request("POST", f"/v1/collections/{name}/search", json=body)
-        if resp.status_code == 202:
-            job = await self.wait_job(resp.json()["job_id"], timeout=timeout)
-            return SearchResponse.model_validate(job.result)
-        return SearchResponse.model_validate(resp.json())
+        return await self._run(self._search(name, body, timeout))
 
     async def count(self, name: str, filter: dict[str, Any] | None = None, *, consistency: str = "strong") -> int:
-        body = {"filter": filter, "consistency": consistency}
-        resp = await self._request("POST", f"/v1/collections/{name}/count", params={"wait": 60}, json=body)
-        return int(resp.json()["count"])
-
-    async def delete_where(self, name: str, filter: dict[str, Any], *, timeout: float | None = 60) -> int:
-        resp = await self._request("POST", f"/v1/collections/{name}/vectors/delete", json={"filter": filter})
-        return int((await self.wait_job(resp.json()["job_id"], timeout=timeout)).result["deleted"])
+        return await self._run(self._count(name, filter, consistency))
 
     async def get_job(self, job_id: str, wait: float = 0) -> Job:
-        params = {"wait": wait} if wait else None
-        return Job.model_validate((await self._request("GET", f"/v1/jobs/{job_id}", params=params)).json())
+        return await self._run(self._get_job(job_id, wait))
+
+    async def cancel_job(self, job_id: str) -> Job:
+        return await self._run(self._cancel_job(job_id))
 
     async def wait_job(self, job_id: str, timeout: float | None = None, *, check: bool = True) -> Job:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = 30.0 if deadline is None else deadline - time.monotonic()
-            job = await self.get_job(job_id, wait=max(0.05, min(30.0, remaining)))
-            if job.status in TERMINAL:
-                if check and job.status != "succeeded":
-                    raise JobFailed(job)
-                return job
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
+        return await self._run(self._wait_job(job_id, timeout, check))

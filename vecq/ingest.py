@@ -4,31 +4,56 @@ The file is read in chunks (memory-mapped where the format allows) and each chun
 .npy or Parquet request, without waiting: the workers write one chunk while the next one uploads. Then it
 waits for every job and prints a summary. Rows without ids get `--id-prefix` + their row number in the file,
 so running the same file again replaces the same vectors (an idempotent upsert).
+
+pyarrow is imported only for .parquet files (and tried for .jsonl, which go as JSON adds without it): the
+client-only install (`pip install vecq`) ingests .npy, .fvecs and .jsonl.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from common.schemas import Job
-from common.status import TERMINAL
+from common.status import TERMINAL, JobStatus
 from vecq.client import Client, VecqHTTPError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+NEEDS_PYARROW = "reading .parquet files needs pyarrow: pip install pyarrow (or pip install 'vecq[server]')"
 
 SUFFIXES = (".npy", ".fvecs", ".parquet", ".jsonl")
 JSON_BATCH = 1000  # rows per JSON add when a .jsonl chunk cannot become a Parquet table
+
+
+@dataclass(frozen=True)
+class IngestArgs:
+    """What `vecq ingest` was asked (vecq/cli.py reads it from the command line)."""
+
+    file: str
+    collection: str
+    url: str | None = None
+    api_key: str | None = None
+    create: bool = False
+    dim: int | None = None
+    metric: str = "l2"
+    index: str = "Flat"
+    id_prefix: str = ""
+    batch: int = 50_000
+    timeout: float = 3600
+    http_timeout: float = 300
+    no_progress: bool = False
 
 
 @dataclass
@@ -73,6 +98,11 @@ def read_fvecs(path: Path, batch: int) -> tuple[int, int, Iterator[Chunk]]:
 
 
 def read_parquet(path: Path, batch: int) -> tuple[int | None, int, Iterator[Chunk]]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(NEEDS_PYARROW) from None
     file = pq.ParquetFile(path)
     if "vector" not in file.schema_arrow.names:
         raise ValueError(f"{path.name}: no 'vector' column")
@@ -142,7 +172,11 @@ def send(client: Client, collection: str, chunk: Chunk, id_prefix: str) -> list[
 
 
 def jsonl_table(records: list[dict[str, Any]]) -> pa.Table | None:
-    """Records as a Parquet-ready table; None when a key's values do not share one type."""
+    """Records as a Parquet-ready table; None when a key's values do not share one type, or without pyarrow."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        return None
     try:
         return pa.Table.from_pylist(records)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
@@ -164,7 +198,7 @@ def to_npy_array(array: np.ndarray) -> np.ndarray:
     return array if array.dtype in (np.dtype("<f4"), np.dtype("<f8")) else array.astype("<f4")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: IngestArgs) -> int:
     console = Console(stderr=True)
     path = Path(args.file)
     suffix = path.suffix.lower()
@@ -174,15 +208,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         dim, total, chunks = READERS[suffix](path, args.batch)
     except (OSError, ValueError) as exc:
-        console.print(f"[red]vecq ingest: {exc}[/red]")
+        console.print(f"[red]vecq ingest: {escape(str(exc))}[/red]")
         return 2
     with Client(args.url, args.api_key, timeout=args.http_timeout) as client:
         try:
             if args.create:
-                if (args.dim or dim) is None:
+                size = args.dim or dim
+                if size is None:
                     console.print("[red]vecq ingest: --dim is needed (the file has no rows)[/red]")
                     return 2
-                client.create_collection(args.collection, args.dim or dim, args.metric, args.index, exist_ok=True)
+                client.create_collection(args.collection, size, args.metric, args.index, exist_ok=True)
             col = client.get_collection(args.collection)
             if dim is not None and dim != col.dim:
                 console.print(f"[red]vecq ingest: {path.name} has {dim}-d vectors, {args.collection} is "
@@ -190,14 +225,14 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             return upload_all(client, console, args, path, total, chunks, col.count)
         except (VecqHTTPError, OSError, ValueError) as exc:
-            console.print(f"[red]vecq ingest: {exc}[/red]")
+            console.print(f"[red]vecq ingest: {escape(str(exc))}[/red]")
             return 1
         except Exception as exc:  # httpx transport errors and the like: one line, not a traceback
-            console.print(f"[red]vecq ingest: {type(exc).__name__}: {exc}[/red]")
+            console.print(f"[red]vecq ingest: {type(exc).__name__}: {escape(str(exc))}[/red]")
             return 1
 
 
-def upload_all(client: Client, console: Console, args: argparse.Namespace, path: Path, total: int,
+def upload_all(client: Client, console: Console, args: IngestArgs, path: Path, total: int,
                chunks: Iterator[Chunk], count_before: int) -> int:
     started = time.perf_counter()
     pending: list[tuple[Job, int]] = []  # (job, rows) not yet seen finished
@@ -215,8 +250,8 @@ def upload_all(client: Client, console: Console, args: argparse.Namespace, path:
                 progress = current.progress.done if current.progress else 0
                 if current.status in TERMINAL:
                     pending.remove((job, rows))
-                    progress = rows if current.status == "succeeded" else progress
-                    if current.status != "succeeded":
+                    progress = rows if current.status == JobStatus.SUCCEEDED else progress
+                    if current.status != JobStatus.SUCCEEDED:
                         failed.append(current)
                 written[job.job_id] = progress
                 wait = 0  # long-poll the oldest only; the rest are a quick look
@@ -241,30 +276,9 @@ def upload_all(client: Client, console: Console, args: argparse.Namespace, path:
     count = client.get_collection(args.collection).count
     for job in failed[:5]:
         error = job.error
-        console.print(f"[red]job {job.job_id} {job.status}: {error.message if error else ''}"
-                      f"{f' (field {error.field})' if error and error.field else ''}[/red]")
+        detail = (error.message + (f" (field {error.field})" if error.field else "")) if error else ""
+        console.print(f"[red]job {job.job_id} {job.status}: {escape(detail)}[/red]")
     rate = written_rows / seconds if seconds > 0 else 0.0
     print(f"{path.name}: {written_rows} vectors in {seconds:.2f}s ({rate:,.0f} vectors/s) into {args.collection}; "
           f"count {count_before} -> {count}" + (f"; {len(failed)} jobs failed" if failed else ""), flush=True)
     return 1 if failed else 0
-
-
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("ingest", help="bulk-load vectors from .npy, .fvecs, .parquet or .jsonl over HTTP",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file", help="a .npy (2-D), .fvecs, .parquet (vector[, id, metadata...]) or .jsonl file")
-    p.add_argument("--collection", "-c", required=True)
-    p.add_argument("--create", action="store_true", help="create the collection if it does not exist")
-    p.add_argument("--dim", type=int, default=None, help="dimension for --create (default: the file's)")
-    p.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"], help="metric for --create")
-    p.add_argument("--index", default="Flat", help="FAISS index description for --create (default Flat)")
-    p.add_argument("--id-prefix", default="", help="ids of rows without one: PREFIX + row number (default: "
-                                                   "the row number)")
-    p.add_argument("--batch", type=int, default=50_000, help="rows per upload request (default 50000)")
-    p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the jobs (default 3600)")
-    p.add_argument("--http-timeout", type=float, default=300, help="seconds per HTTP request (default 300)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--url", default=None, help="API base URL (default: $VECQ_URL or http://127.0.0.1:8000)")
-    p.add_argument("--api-key", default=None, help="API key (default: $VECQ_API_KEY)")
-    p.set_defaults(func=run)
-
