@@ -5,6 +5,7 @@ sealed-segments section (issue #14: memory, build once, cold start, trained spec
     make bench BENCH_ARGS="--quick"             # small sizes: a smoke run
     python -m bench --only segments             # the segments section alone, merged into bench/results/latest.*
     python -m bench --only filtered             # filtered search (issue #15) alone: bench/results/filtered.*
+    python -m bench --only latency              # a lone search's latency budget (issue #18): bench/results/latency.*
     python -m bench --only main --n 200000 --index Flat --concurrency 1,16,64 --duration 8
 """
 
@@ -67,9 +68,12 @@ def parser() -> argparse.ArgumentParser:
                    help="VECQ_COALESCE_MAX_INFLIGHT values (per API process) to try (1,2)")
     p.add_argument("--tune-delay", type=floats, dest="tune_delay",
                    help="VECQ_COALESCE_MAX_DELAY_MS values to try (5,10,20,40)")
-    p.add_argument("--only", choices=["main", "segments", "filtered"],
-                   help="one part: main (everything but segments), segments (merged into an existing latest.json) "
-                   "or filtered (filtered search, issue #15: bench/results/filtered.*)")
+    p.add_argument("--only", choices=["main", "segments", "filtered", "latency"],
+                   help="one part: main (everything but segments), segments (merged into an existing latest.json), "
+                   "filtered (filtered search, issue #15: bench/results/filtered.*) or latency (a lone search's "
+                   "latency budget, issue #18: bench/results/latency.*)")
+    p.add_argument("--lat-profile", action="store_true", dest="lat_profile",
+                   help="latency: also write py-spy flamegraphs of the API and the workers (latency-*.svg)")
     p.add_argument("--seg-n", type=int, dest="seg_n", help=f"segments: rows of the trained collections ({d.seg_n:,})")
     p.add_argument("--seg-hnsw-n", type=int, dest="seg_hnsw_n",
                    help=f"segments: rows of the HNSW32 collection (build once, cold start, memory; "
@@ -95,7 +99,7 @@ def parser() -> argparse.ArgumentParser:
 
 def config(argv: list[str]) -> Config:
     args = parser().parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("quick", "render")}
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("quick", "render", "lat_profile")}
     base = {**QUICK, **given} if args.quick else given
     if args.quick and args.out is None:  # a smoke run never replaces the committed full results
         base["out"] = ROOT / "bench" / "results" / "quick"
@@ -137,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
 
         filtered.run(bool(args.quick), cfg.out)
         return 0
+    if cfg.only == "latency":
+        from bench import latency
+
+        latency.run(bool(args.quick), cfg.out, flamegraphs=args.lat_profile)
+        return 0
     result = json.loads(render.read_text()) if render else run(cfg)
     if not render and cfg.only == "segments":
         result = merged(result, cfg.out / "latest.json")
@@ -147,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         from bench import filtered
 
         filtered.run(bool(args.quick), cfg.out)
+        from bench import latency
+
+        latency.run(bool(args.quick), cfg.out)
     return 0
 
 
