@@ -69,6 +69,7 @@ class Config:
     traced_requests: int = 200  # lone searches under MONITOR
     profiled_requests: int = 300  # lone searches under py-spy
     profile_rate: int = 500  # py-spy samples per second
+    load_profile_rate: int = 200  # py-spy on the API during one more c=64 vecq round (not a measured one)
     flamegraphs: bool = False  # --lat-profile: svg flamegraphs of the API and the workers too
     load_concurrency: int = 64
     load_seconds: float = 5.0
@@ -467,6 +468,8 @@ class Bench:
                     if res.errors or not res.requests:
                         raise RuntimeError(f"{system} at c={cfg.load_concurrency}: {summary}")
                     rounds[system].append(summary)
+            api_profile = self.profile_loaded_api(f"{self.vecq.url}/v1/collections/{LOADED}/search?wait=30",
+                                                  queries_path)
         self.vecq.delete(LOADED)
 
         def median_cpu(system: str) -> float | None:
@@ -478,7 +481,28 @@ class Bench:
                 "vecq_api_cpu_ms": vecq_ms, "bare_api_cpu_ms": bare_ms,
                 "ratio": round(vecq_ms / bare_ms, 2) if vecq_ms and bare_ms else None,
                 "vecq_qps": statistics.median(r["qps"] for r in rounds["vecq"]),
-                "bare_qps": statistics.median(r["qps"] for r in rounds["bare"]), "rounds": rounds}
+                "bare_qps": statistics.median(r["qps"] for r in rounds["bare"]), "rounds": rounds,
+                "api_profile": api_profile}
+
+    def profile_loaded_api(self, url: str, queries_path: Path) -> dict[str, Any]:
+        """py-spy on the API during one more c=64 round of searches, apart from the measured ones (py-spy takes
+        CPU): where the API's CPU per search goes under load."""
+        cfg = self.cfg
+        assert self.vecq.stack is not None and self.vecq.stack.api is not None
+        say(f"one more vecq round at c={cfg.load_concurrency} under py-spy ({cfg.load_profile_rate} Hz) on the API")
+        rec = spy.Recording(self.vecq.stack.api.pid, self.out_dir / "latency-api-c64.raw", cfg.load_profile_rate,
+                            cfg.load_warmup + cfg.load_seconds + 30)
+        try:
+            time.sleep(1.0)  # py-spy attaches
+            res = loadgen.run(LoadSpec(url=url, mode="post", concurrency=cfg.load_concurrency,
+                                       max_requests=cfg.load_requests, max_seconds=cfg.load_seconds, warmup_s=0.0,
+                                       queries_path=str(queries_path), template={"k": cfg.load_k}))
+        finally:
+            log = rec.stop()
+        # the recording spans the load generator's start too: per search is over every request it sent
+        sent = res.requests + res.warmup_requests
+        return {"requests": sent, "qps": res.qps, "py_spy": log,
+                **spy.attribute(spy.read_raw(rec.out), spy.API_RULES, cfg.load_profile_rate, sent)}
 
 
 def add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:

@@ -152,7 +152,9 @@ def profile_section(res: dict[str, Any]) -> list[str]:
     for key, title in (("api", "API process"), ("worker_child", "worker pool children (the job)"),
                        ("worker_main", "worker main processes (kombu consumer)")):
         part = pr[key]
-        lines += ["", f"**{title}**: {part['cpu_ms_per_search']} ms sampled per search ({part['samples']} samples).",
+        lines += ["", f"**{title}**: {part['cpu_ms_per_search']} ms sampled per search ({part['samples']} samples); "
+                  f"{100 * part.get('handoff_share', 0):.0f}% of them parked in a socket or pipe write/read or a "
+                  "poll (a hop to another process: preempted by the one it woke, or woken and waiting for a core).",
                   "",
                   "| Category | ms per search | share |", "|---|---|---|"]
         lines += [f"| {name} | {c['ms_per_search']} | {100 * c['share']:.0f}% |"
@@ -183,4 +185,22 @@ def load_section(res: dict[str, Any]) -> list[str]:
         f"| vecq search | {ld['vecq_api_cpu_ms']} | {ld['vecq_qps']} | **{ld['ratio']}x** |",
         f"| bare FastAPI JSON endpoint | {ld['bare_api_cpu_ms']} | {ld['bare_qps']} | 1x |",
     ]
+    prof = ld.get("api_profile")
+    if prof and prof.get("samples"):
+        lines += [
+            "",
+            f"Where the vecq API's time goes at c={ld['concurrency']}: py-spy on the API during one more round "
+            f"({prof['requests']} searches at {prof['qps']} QPS, not one of the measured rounds), "
+            f"{prof['samples']} samples, {prof['cpu_ms_per_search']} ms sampled per search; "
+            f"{100 * prof.get('handoff_share', 0):.0f}% parked in a socket write/read or a poll.",
+            "",
+            "| Category | ms per search | share |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {name} | {c['ms_per_search']} | {100 * c['share']:.0f}% |"
+                  for name, c in prof["categories"].items()]
+        lines += ["", "| Top functions, self time | ms per search | share |", "|---|---|---|"]
+        lines += _functions(prof["top_self"], 10)
+        lines += ["", "| Top vecq functions, inclusive | ms per search | share |", "|---|---|---|"]
+        lines += _functions(prof["top_vecq_inclusive"], 10)
     return lines

@@ -33,6 +33,11 @@ Rules = list[tuple[str, tuple[str, ...]]]
 # markers: their samples go to the nearest caller that is one.
 WAIT = "waiting in a poll or socket read (runnable, or C code)"
 WAIT_LEAVES = ("poll (", "select (", "_read_from_socket (", "_recv (billiard", "Runner.run (asyncio", "wait (")
+# Leaves where a process hands work to another (a socket or pipe write, then the read of the answer, a poll): on a
+# busy machine the writer is often preempted right there by the process it woke, and the woken one waits for a
+# core. Samples parked here are hops, not Python work: their share says what the number of hops costs.
+HANDOFF_LEAVES = ("send_packed_command (", "_read_from_socket (", "_send (billiard", "_recv (billiard",
+                  "send_offset (billiard", "poll (")
 
 API_RULES: Rules = [
     ("publish (Celery message, LPUSH and its reply, on the event loop)", ("celery/", "kombu/",
@@ -151,7 +156,7 @@ def attribute(stacks: list[tuple[list[str], int]], rules: Rules, rate: int, per:
     by_category: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
-    total = 0
+    total = handoff = 0
     for frames, count in stacks:
         if pids is not None and pid_of(frames) not in pids:
             continue
@@ -161,6 +166,7 @@ def attribute(stacks: list[tuple[list[str], int]], rules: Rules, rate: int, per:
         total += count
         by_category[category(code, rules)] += count
         leaves[code[-1]] += count
+        handoff += count if code[-1].startswith(HANDOFF_LEAVES) else 0
         for function in {f.rsplit(":", 1)[0] + ")" for f in code if vecq_frame(f)}:  # once per stack
             inclusive[function] += count
     ms = 1000 / rate / max(per, 1)
@@ -169,6 +175,7 @@ def attribute(stacks: list[tuple[list[str], int]], rules: Rules, rate: int, per:
         return {"ms_per_search": round(n * ms, 3), "share": round(n / total, 3) if total else 0.0}
 
     return {"samples": total, "cpu_ms_per_search": round(total * ms, 3),
+            "handoff_share": round(handoff / total, 3) if total else 0.0,
             "categories": {name: share(by_category[name]) for name in [r[0] for r in rules] + [WAIT, OTHER]
                            if by_category[name]},
             "top_self": [{"function": f, **share(n)} for f, n in leaves.most_common(top)],
