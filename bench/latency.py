@@ -414,8 +414,8 @@ class Bench:
         for i, w in enumerate(self.vecq.stack.workers):
             targets[f"worker{i + 1}"] = (w.pid, True)
         bound = cfg.max_loop_s + 5
-        recordings = {name: spy.Recording(pid, where / f"latency-{name}.{suffix}", cfg.profile_rate, bound, subs)
-                      for name, (pid, subs) in targets.items()}
+        recordings = {name: spy.Recording(pid, where / f"latency-{name}.{suffix}", cfg.profile_rate, bound, subs,
+                                          fmt=fmt) for name, (pid, subs) in targets.items()}
         client = Http(self.vecq.url)
         pids = self.vecq.pids()
         try:
