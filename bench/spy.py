@@ -32,6 +32,7 @@ Rules = list[tuple[str, tuple[str, ...]]]
 # A frame is `function (path/file.py:line)`. Libraries that any stage calls (redis, json, asyncio, numpy) are no
 # markers: their samples go to the nearest caller that is one.
 WAIT = "waiting in a poll or socket read (runnable, or C code)"
+# matched anywhere in the leaf frame: py-spy names methods Class.method
 WAIT_LEAVES = ("poll (", "select (", "_read_from_socket (", "_recv (billiard", "Runner.run (asyncio", "wait (")
 # Leaves where a process hands work to another (a socket or pipe write, then the read of the answer, a poll): on a
 # busy machine the writer is often preempted right there by the process it woke, and the woken one waits for a
@@ -137,7 +138,11 @@ def category(frames: list[str], rules: Rules) -> str:
         for name, markers in rules:
             if any(marker in frame for marker in markers):
                 return name
-    return WAIT if frames[-1].startswith(WAIT_LEAVES) else OTHER
+    return WAIT if parked(frames[-1], WAIT_LEAVES) else OTHER
+
+
+def parked(leaf: str, markers: tuple[str, ...]) -> bool:
+    return any(m in leaf for m in markers)
 
 
 VECQ_DIRS = ("api/", "common/", "worker/")
@@ -166,7 +171,7 @@ def attribute(stacks: list[tuple[list[str], int]], rules: Rules, rate: int, per:
         total += count
         by_category[category(code, rules)] += count
         leaves[code[-1]] += count
-        handoff += count if code[-1].startswith(HANDOFF_LEAVES) else 0
+        handoff += count if parked(code[-1], HANDOFF_LEAVES) else 0
         for function in {f.rsplit(":", 1)[0] + ")" for f in code if vecq_frame(f)}:  # once per stack
             inclusive[function] += count
     ms = 1000 / rate / max(per, 1)
