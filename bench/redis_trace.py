@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 LINE = re.compile(r'^\+(\d+\.\d+) \[\d+ ([^\]]+)\] "([^"]*)"(.*)$')
-MESSAGE_ID = re.compile(r'\\"id\\": \\"([0-9a-f]{32})\\"')  # the Celery message's task id = vecq's batch id
+# the Celery message's task id = vecq's batch id; compact JSON from api/publish.py, kombu's own in `unacked`
+MESSAGE_ID = re.compile(r'\\"id\\": ?\\"([0-9a-f]{32})\\"')
 DELIVERY = re.compile(r"vecq:delivery:([0-9a-f]{32})")
 BATCH_KEY = re.compile(r"vecq:batch:([0-9a-f]{32})")
 PUBLISHED = re.compile(r'\\"batch\\":\\"([0-9a-f]{32})')
