@@ -6,6 +6,7 @@ sealed-segments section (issue #14: memory, build once, cold start, trained spec
     python -m bench --only segments             # the segments section alone, merged into bench/results/latest.*
     python -m bench --only filtered             # filtered search (issue #15) alone: bench/results/filtered.*
     python -m bench --only latency              # a lone search's latency budget (issue #18): bench/results/latency.*
+    python -m bench --only writes               # single-vector writes, coalescing off and on: bench/results/writes.*
     python -m bench --only main --n 200000 --index Flat --concurrency 1,16,64 --duration 8
 """
 
@@ -68,10 +69,11 @@ def parser() -> argparse.ArgumentParser:
                    help="VECQ_COALESCE_MAX_INFLIGHT values (per API process) to try (1,2)")
     p.add_argument("--tune-delay", type=floats, dest="tune_delay",
                    help="VECQ_COALESCE_MAX_DELAY_MS values to try (5,10,20,40)")
-    p.add_argument("--only", choices=["main", "segments", "filtered", "latency"],
+    p.add_argument("--only", choices=["main", "segments", "filtered", "latency", "writes"],
                    help="one part: main (everything but segments), segments (merged into an existing latest.json), "
-                   "filtered (filtered search, issue #15: bench/results/filtered.*) or latency (a lone search's "
-                   "latency budget, issue #18: bench/results/latency.*)")
+                   "filtered (filtered search, issue #15: bench/results/filtered.*), latency (a lone search's "
+                   "latency budget, issue #18: bench/results/latency.*) or writes (single-vector writes, "
+                   "coalescing off and on: bench/results/writes.*)")
     p.add_argument("--lat-profile", action="store_true", dest="lat_profile",
                    help="latency: also write py-spy flamegraphs of the API and the workers (latency-*.svg)")
     p.add_argument("--seg-n", type=int, dest="seg_n", help=f"segments: rows of the trained collections ({d.seg_n:,})")
@@ -146,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
 
         latency.run(bool(args.quick), cfg.out, flamegraphs=args.lat_profile)
         return 0
+    if cfg.only == "writes":
+        from bench import writes
+
+        writes.run(bool(args.quick), cfg.out)
+        return 0
     result = json.loads(render.read_text()) if render else run(cfg)
     if not render and cfg.only == "segments":
         result = merged(result, cfg.out / "latest.json")
@@ -156,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import filtered
 
         filtered.run(bool(args.quick), cfg.out)
-        from bench import latency
+        from bench import latency, writes
 
         latency.run(bool(args.quick), cfg.out)
+        writes.run(bool(args.quick), cfg.out)
     return 0
 
 

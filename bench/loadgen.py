@@ -14,7 +14,9 @@ CPU per request (worse with a larger pool, httpx#3215) and topped out at 500-1,3
 Modes:
 - `post`: POST a query body (`{"vector": [...], **template}`); a 200 is a success;
 - `poll`: POST with `?wait=0` (a 202 with a job link), then long-poll `GET /v1/jobs/{id}?wait=30` until it ends;
-- `get`: GET the url (the client's ceiling against a trivial endpoint such as /healthz).
+- `get`: GET the url (the client's ceiling against a trivial endpoint such as /healthz);
+- `write`: POST one vector as an upsert (`{"vectors": [row], "ids": ["lg<row>"], **template}`; the url carries
+  `?wait=`); a 200 is a success. Rows are reused in turn, so a long level updates ids it wrote before.
 With `collect`, each query vector is sent exactly once (in order of issue) and the ids of its hits come back.
 """
 
@@ -38,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @dataclass
 class LoadSpec:
     url: str
-    mode: str = "post"  # post | poll | get
+    mode: str = "post"  # post | poll | get | write
     concurrency: int = 1
     max_requests: int = 1000
     max_seconds: float = 5.0
@@ -50,7 +52,7 @@ class LoadSpec:
     watch: dict[str, list[int]] = field(default_factory=dict)  # pids whose CPU to account, by group (bench.cpu)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("post", "poll", "get"):
+        if self.mode not in ("post", "poll", "get", "write"):
             raise ValueError(f"unknown load mode {self.mode!r}")
 
 
@@ -85,6 +87,9 @@ def _bodies(spec: LoadSpec) -> list[bytes]:
     import orjson
 
     queries = np.load(spec.queries_path) if spec.queries_path else np.zeros((1, 1), np.float32)
+    if spec.mode == "write":
+        return [orjson.dumps({"vectors": [row], "ids": [f"lg{i}"], **spec.template}, option=orjson.OPT_SERIALIZE_NUMPY)
+                for i, row in enumerate(queries)]
     # Serialized once, up front: the loops only send bytes. orjson writes float32 exactly (shortest repr).
     return [orjson.dumps({"vector": row, **spec.template}, option=orjson.OPT_SERIALIZE_NUMPY) for row in queries]
 
@@ -104,7 +109,7 @@ async def _one(session: Any, spec: LoadSpec, body: bytes | None) -> Any:
                 raise RequestFailed(f"HTTP {resp.status}: {data[:200]!r}")
             return None
     headers = {"content-type": "application/json"}
-    if spec.mode == "post":
+    if spec.mode in ("post", "write"):
         async with session.post(spec.url, data=body, headers=headers) as resp:
             data = await resp.read()
         if resp.status != 200:
