@@ -171,3 +171,26 @@ def test_add_batch_appends_members_in_order_and_fails_a_bad_member_alone(st: Pro
                             members=members)  # a redelivery appends nothing twice
     assert [res["lsn"] for res in again if isinstance(res, dict)] == [res["lsn"] for res in ok]  # type: ignore[index]
     assert tasks.count(st, "c2", collection=name, uid=uid)["count"] == 2
+
+
+def test_a_poisoned_compaction_gives_the_seal_lock_back(st: ProcessState) -> None:
+    """Every delivery of a compaction was killed while it held the lock: the poisoned job's on_fail releases it,
+    so the next seal runs instead of waiting for the lock's TTL while the log grows."""
+    from common import segments
+    from common.errors import Poisoned
+
+    name = new_name()
+    tasks.create_collection(st, uuid.uuid4().hex, name=name, dim=2)
+    col = collections.get(st.r, name)
+    assert segments.lock(st.r, col, 3600, owner="compact-1")  # its killed deliveries held it
+    assert not segments.lock(st.r, col, 3600, owner="seal-2", defer=True)  # a seal meanwhile: refused, asks again
+    runner.FUNCTIONS["vecq.compact"].on_fail(st, "compact-1", Poisoned("gave up").to_dict(),  # type: ignore[misc]
+                                             {"collection": name, "uid": col.uid})
+    assert st.sent == [(SEAL, {"collection": name, "uid": col.uid})]  # type: ignore[attr-defined]
+    assert segments.lock(st.r, col, 3600, owner="seal-3")  # free again
+    segments.unlock(st.r, col, "seal-3")
+    # An error the body saw itself (its `finally` let the lock go) leaves the lock to whoever holds it now.
+    assert segments.lock(st.r, col, 3600, owner="seal-4")
+    runner.FUNCTIONS["vecq.seal"].on_fail(st, "seal-9", {"code": "internal", "message": "x", "field": None},  # type: ignore[misc]
+                                          {"collection": name, "uid": col.uid})
+    assert not segments.lock(st.r, col, 3600, owner="seal-5")

@@ -32,6 +32,7 @@ REDIS_OUTAGE_S = 120.0  # how long a job waits for Redis to come back (a restart
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 Error = ErrorDict
+OnFail = Callable[[state.ProcessState, str, Error, dict[str, Any]], None]  # (st, job_id, error, inputs)
 
 
 def through_outage(step: Callable[[], T], job_id: str, what: str) -> T:
@@ -63,7 +64,7 @@ class Function:
     body: Callable[..., Any]  # body(st, job_id, **inputs)
     collection_arg: str = "collection"
     listed: Callable[[dict[str, Any]], bool] = lambda inputs: True  # record made at claim time goes in recent jobs
-    on_fail: Callable[[state.ProcessState, Error, dict[str, Any]], None] | None = None  # hears of any error
+    on_fail: OnFail | None = None  # hears of any error, a poisoned delivery's included
     # batch(st, batch_id, members=..., **inputs): one result (or VecqError) per member, in order
     batch: Callable[..., list[Any]] | None = None
 
@@ -77,7 +78,7 @@ FUNCTIONS: dict[str, Function] = {}
 
 def task(name: str, job_type: str, *, collection_arg: str = "collection",
          listed: Callable[[dict[str, Any]], bool] | None = None,
-         on_fail: Callable[[state.ProcessState, Error, dict[str, Any]], None] | None = None,
+         on_fail: OnFail | None = None,
          batch: Callable[..., list[Any]] | None = None, **celery_options: Any) -> Callable[[F], F]:
     """Register `body` as the Celery task `name`; the body itself is returned unchanged, callable without Celery."""
 
@@ -158,7 +159,7 @@ def run_job(fn: Function, job_id: str, inputs: dict[str, Any]) -> None:
         result, error = attempt(work, job_id, fn.job_type)
     if error is not None and fn.on_fail is not None:
         try:
-            fn.on_fail(st, error, inputs)
+            fn.on_fail(st, job_id, error, inputs)
         except Exception:
             log.exception("job %s (%s): on_fail raised", job_id, fn.job_type)
     deferred = result is DEFERRED and error is None

@@ -44,7 +44,7 @@ from common.codec import (
     vectors_from_json,
 )
 from common.collections import Collection, new_collection
-from common.errors import InvalidInput, NotFound, VecqError
+from common.errors import InvalidInput, NotFound, Poisoned, TimedOut, VecqError
 from common.settings import get_settings
 from worker import ingest, sealing, segment_files, state
 from worker.index import probe, spec_kind
@@ -81,7 +81,7 @@ def create_collection(st: state.ProcessState, job_id: str, *, name: str, dim: in
     return {**col.public(), "count": 0, "lsn": "0-0"}
 
 
-def fail_parent(st: state.ProcessState, error: dict[str, Any], inputs: dict[str, Any]) -> None:
+def fail_parent(st: state.ProcessState, job_id: str, error: dict[str, Any], inputs: dict[str, Any]) -> None:
     """A failed part of a bulk ingest fails its parent."""
     if inputs.get("parent") is not None:
         ingest.fail_parent(st, inputs["parent"], inputs.get("blob"), error)
@@ -348,11 +348,26 @@ def maybe_compact(st: state.ProcessState, col: Collection) -> bool:
     return True
 
 
+def release_seal_lock(st: state.ProcessState, job_id: str, error: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """A seal or compaction that ended without running its own `finally` (poisoned: every delivery lost its worker)
+    gives back the lock its deliveries held and settles its request. Without this, the collection's seals were
+    refused until the lock's TTL (VECQ_SEAL_TIME_LIMIT_S) while the log grew: found by the soak, whose chaos kills
+    a worker child every 60 s, more often than a compaction of 300k HNSW rows ends on 2 busy cores."""
+    if error.get("code") not in (Poisoned.code, TimedOut.code):
+        return  # it ran: under_seal_lock let the lock go itself
+    col = collections.find(st.r, str(inputs.get("collection")))
+    if col is None or (inputs.get("uid") is not None and col.uid != inputs["uid"]):
+        return
+    segments.unlock(st.r, col, job_id)
+    if segments.settled(st.r, col):
+        st.send(SEAL, {"collection": col.name, "uid": col.uid})
+
+
 LONG = {"time_limit": get_settings().seal_time_limit_s,
         "soft_time_limit": get_settings().soft_limit(get_settings().seal_time_limit_s)}
 
 
-@task(SEAL, "seal", **LONG)
+@task(SEAL, "seal", on_fail=release_seal_lock, **LONG)
 def seal(st: state.ProcessState, job_id: str, *, collection: str, uid: str | None = None) -> dict[str, Any]:
     """Seal the log written since the newest seal into a segment every worker maps; then trim the log to it.
     Requests a compaction when the segments pass `compact_max_segments` or `compact_dead_fraction`."""
@@ -363,7 +378,7 @@ def seal(st: state.ProcessState, job_id: str, *, collection: str, uid: str | Non
                            defer=True)
 
 
-@task(COMPACT, "compact", **LONG)
+@task(COMPACT, "compact", on_fail=release_seal_lock, **LONG)
 def compact(st: state.ProcessState, job_id: str, *, collection: str, uid: str | None = None) -> dict[str, Any]:
     """Merge the collection's sealed segments into one, dropping dead rows."""
 
