@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-JOB_DONE = ("succeeded", "failed", "canceled")
+from common.status import TERMINAL
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -126,7 +127,7 @@ async def _one(session: Any, spec: LoadSpec, body: bytes | None) -> Any:
         if resp.status != 200:
             raise RequestFailed(f"poll: HTTP {resp.status}: {data[:200]!r}")
         job = orjson.loads(data)
-        if job["status"] in JOB_DONE:
+        if job["status"] in TERMINAL:
             if job["status"] != "succeeded":
                 raise RequestFailed(f"job {job['status']}: {job.get('error')}")
             return job["result"]

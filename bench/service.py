@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 import redis
 
+from common.status import TERMINAL
 from vecq.stack import Stack
 
 # Automatic seals out of reach: the benchmark seals each collection itself, once, after its ingest, so that every
@@ -140,7 +141,7 @@ class Vecq:
             url = resp.json()["status_url"]
             while True:
                 job = self.client.get(url, params={"wait": 60}).json()
-                if job["status"] in ("succeeded", "failed", "canceled"):
+                if job["status"] in TERMINAL:
                     break
             if job["status"] != "succeeded":
                 raise RuntimeError(f"{what}: job {job['status']}: {job.get('error')}")

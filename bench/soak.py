@@ -58,10 +58,10 @@ import redis
 
 from bench import data as bench_data
 from bench.cpu import machine_seconds, tree
+from common.status import TERMINAL
 from vecq.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
-JOB_DONE = ("succeeded", "failed", "canceled")
 WRITES_SETTLE_S = 10.0  # writers run this long before the peak is measured under them
 WRITES_LEAD_S = 30.0  # and start this long before t0: settle, the peak (a few seconds), margin
 LOOPBACK = "127.0.0.1"
@@ -218,7 +218,7 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
                 continue
             if status == 200:
                 job = orjson.loads(raw)
-                if job["status"] in JOB_DONE:
+                if job["status"] in TERMINAL:
                     return dict(job)
             elif status == 404:
                 return {"status": "missing"}
@@ -579,7 +579,7 @@ class Soak:
             if resp.status_code >= 500:
                 self.fivexx_other.append((time.time(), "ingest-poll", resp.status_code,
                                           "retry-after" in resp.headers))
-            if resp.status_code == 200 and resp.json()["status"] in JOB_DONE:
+            if resp.status_code == 200 and resp.json()["status"] in TERMINAL:
                 return dict(resp.json())
             if resp.status_code != 200:
                 time.sleep(1)
