@@ -8,8 +8,9 @@ meanwhile, and when a batch comes back the queue leaves as the next one (at most
 A lone write leaves at once, at the end of the current event-loop turn: no timer, no added latency; under load
 the batches grow by themselves.
 
-Each write keeps its job id, its own outcome and the ids derived from it; the worker appends the members in order,
-each chunk under its own job id, so a redelivered batch appends nothing twice (worker/tasks.py, add_batch). The
+Each write keeps its job id, its own outcome and the ids derived from it; the worker appends the members in order
+as few log entries as it can, under the batch's id, so a redelivered batch appends nothing twice and the log, its
+dedup hash and the workers' catch-up grow by batches, not by writes (worker/tasks.py, add_batch). The
 members' reply and records work as for searches (api/batches.py, common/jobs.py): a write answered while its
 client waits leaves no job record; one whose wait runs out gets its record when its id is shown. Within a batch
 writes keep their arrival order; requests in flight together had no order to keep.

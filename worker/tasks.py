@@ -92,9 +92,13 @@ def add_batch(st: state.ProcessState, batch_id: str, *, collection: str, vectors
               members: list[dict[str, Any]], uid: str | None = None, chunk_rows: int | None = None,
               **per_request: Any) -> list[dict[str, Any] | VecqError]:
     """Single writes the API coalesced (api/writer.py): `members` ([{job_id, n, ids | id_prefix + id_start,
-    metadata}], their rows in order in `vectors_b64`), appended in that order in one round trip, each under its own
-    job id (so a redelivered batch appends nothing twice): one result per member, as `add` gives. A member's own
-    bad input fails that member alone."""
+    metadata}], their rows in order in `vectors_b64`), appended in that order as few log entries as the batch
+    needs, in one round trip: one result per member, as `add` gives. A member's own bad input fails it alone.
+
+    The entries are the batch's (`batch:chunk`, so a redelivered batch appends nothing twice): one entry, one
+    dedup field and one replay step for many writes, where one per write made the log, its dedup hash and the
+    workers' catch-up grow with the write rate. A chunk ends at `chunk_rows` rows and before an id it holds
+    already: the later of two upserts of one id is the later entry, and an entry never holds an id twice."""
     col = resolve(st, collection, uid)
     matrix = as_float32(decode_vectors(vectors_b64, col.dim))
     if len(matrix) != sum(int(m["n"]) for m in members):
@@ -102,12 +106,13 @@ def add_batch(st: state.ProcessState, batch_id: str, *, collection: str, vectors
     if col.metric == "cosine":
         matrix = normalized(matrix)
     per_entry = int(chunk_rows) if chunk_rows else rows_per_wal_entry(st.settings.wal_chunk_bytes, col.dim)
-    chunks: list[tuple[str, list[str], bytes, list[str | None]]] = []
+    chunks: list[tuple[list[str], list[int], list[str | None]]] = []  # ids, row numbers, metadata
+    in_chunk: set[str] = set()
     planned: list[tuple[int, list[str]] | VecqError] = []  # per member: its last chunk's index and its ids
     start = 0
     for member in members:
         n, job_id = int(member["n"]), str(member["job_id"])
-        rows, start = matrix[start:start + n], start + n
+        first, start = start, start + n
         try:
             vids = check_ids(member["ids"] if "ids" in member else ingest.row_ids(
                 job_id, member.get("id_prefix"), int(member.get("id_start") or 0), 0, n), n, st.settings.max_id_length)
@@ -116,12 +121,18 @@ def add_batch(st: state.ProcessState, batch_id: str, *, collection: str, vectors
         except VecqError as exc:
             planned.append(exc)
             continue
-        for chunk, first in enumerate(range(0, n, per_entry)):
-            chunks.append((f"{job_id}:{chunk}", vids[first:first + per_entry],
-                           np.ascontiguousarray(rows[first:first + per_entry], dtype="<f4").tobytes(),
-                           metas[first:first + per_entry]))
+        for offset, (vid, meta) in enumerate(zip(vids, metas, strict=True)):
+            if not chunks or len(chunks[-1][0]) >= per_entry or vid in in_chunk:
+                chunks.append(([], [], []))
+                in_chunk = set()
+            chunks[-1][0].append(vid)
+            chunks[-1][1].append(first + offset)
+            chunks[-1][2].append(meta)
+            in_chunk.add(vid)
         planned.append((len(chunks) - 1, vids))
-    lsns = wal.append_adds(st.r, col, chunks) if chunks else []
+    lsns = wal.append_adds(st.r, col, [
+        (f"{batch_id}:{i}", ids, np.ascontiguousarray(matrix[rows], dtype="<f4").tobytes(), metas)
+        for i, (ids, rows, metas) in enumerate(chunks)]) if chunks else []
     results: list[dict[str, Any] | VecqError] = []
     for plan in planned:
         if isinstance(plan, VecqError):
@@ -132,7 +143,7 @@ def add_batch(st: state.ProcessState, batch_id: str, *, collection: str, vectors
         if len(vids) <= IDS_IN_RESULT_MAX:
             result["ids"] = vids
         results.append(result)
-    maybe_seal(st, col, sum(len(c[1]) for c in chunks))
+    maybe_seal(st, col, sum(len(ids) for ids, _, _ in chunks))
     return results
 
 
