@@ -38,7 +38,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                       socket_connect_timeout=2, health_check_interval=30,
                                                       retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
         r = aredis.Redis(connection_pool=pool)
-        waiter = JobWaiter(r, settings.max_waiters)
+        listener = aredis.Redis.from_url(settings.effective_redis_url, socket_connect_timeout=2,
+                                         health_check_interval=30)
+        waiter = JobWaiter(r, settings.max_waiters, listener)
         await waiter.start()
         dispatcher = Dispatcher(r, app.state.celery, waiter, settings)
         app.state.redis, app.state.waiter, app.state.dispatcher = r, waiter, dispatcher
@@ -49,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await waiter.stop()
+            await listener.aclose()
             await r.aclose()
 
     setup_logging(settings.log_json)

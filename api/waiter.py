@@ -32,8 +32,11 @@ RECHECK_EVERY_S = 5.0
 
 
 class JobWaiter:
-    def __init__(self, r: aredis.Redis, max_waiters: int) -> None:
+    def __init__(self, r: aredis.Redis, max_waiters: int, listener: aredis.Redis | None = None) -> None:
         self.r = r
+        # The subscription's own client, without retries: a connection that breaks must reach _listen (which then
+        # has every waiter check again), not be re-made quietly by redis-py with the messages in between lost.
+        self.listener = listener or r
         self.listener_id = uuid.uuid4().hex
         self.channel = keys.job_channel(self.listener_id)
         self.max_waiters = max_waiters
@@ -56,7 +59,7 @@ class JobWaiter:
     async def _listen(self) -> None:
         backoff = 0.1
         while True:
-            pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.listener.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
                 self.subscribed.set()

@@ -9,6 +9,7 @@ watcher in one Lua script, so a waiter either finds the job finished or is told 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -218,11 +219,15 @@ return 'run'
 
 
 def finished(r: redis.Redis, job_ids: list[str]) -> list[bool]:
-    """Whether each job's record is terminal: such a job is never run again (claim skips it)."""
+    """Whether each job (or batch) has ended for good: a terminal record, or a batch kept `done` (finish_members
+    with keep_done). Neither is ever run again (claim and claim_delivery skip them)."""
     with r.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
             pipe.hget(keys.job(job_id), "status")
-        return [(s.decode() if isinstance(s, bytes) else s) in TERMINAL for s in pipe.execute()]
+            pipe.hget(keys.delivery(job_id), "done")
+        replies = pipe.execute()
+    return [(status.decode() if isinstance(status, bytes) else status) in TERMINAL or done is not None
+            for status, done in zip(replies[::2], replies[1::2], strict=True)]
 
 
 def claim(r: redis.Redis, job_id: str, *, worker: str, max_attempts: int, ttl: int, job_type: str,
@@ -311,6 +316,7 @@ def set_total(r: redis.Redis, job_id: str, total: int) -> None:
 # (amember_outcome), and the API's lane frees the batch's slot once it sees them (abatch_finished).
 
 _DELIVERY = """
+if redis.call('HEXISTS', KEYS[1], 'done') == 1 then return 'skip' end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 if attempts > tonumber(ARGV[1]) then return 'poisoned' end
@@ -319,7 +325,8 @@ return 'run'
 
 
 def claim_delivery(r: redis.Redis, batch_id: str, *, max_attempts: int, ttl: int) -> Claim:
-    """Count a delivery of a batch message: past max_attempts (each delivery killed its worker) it is poison."""
+    """Count a delivery of a batch message: past max_attempts (each delivery killed its worker) it is poison; a
+    batch kept `done` (finish_members with keep_done) is skipped."""
     out = r.register_script(_DELIVERY)(keys=[keys.delivery(batch_id)], args=[max_attempts, ttl])
     return Claim(out.decode() if isinstance(out, bytes) else out)
 
@@ -364,10 +371,12 @@ return finished
 
 def finish_members(pipe: redis.client.Pipeline, batch_id: str, outcomes: list[tuple[dict[str, Any], Any,
                    dict[str, Any] | None]], *, reply_to: str | None, started_at: float, worker: str,
-                   hold_s: float) -> None:
+                   hold_s: float, keep_done_s: float | None = None) -> None:
     """Queue, on `pipe`: the batch's outcomes ((member, result, error) each), kept `hold_s` for members whose id
     the API shows later, the members' records that exist, one message with every outcome to the submitting API
-    process, and the end of the batch's delivery count."""
+    process, and the end of the batch's delivery count. With `keep_done_s` (a batch that must never run twice:
+    writes), its delivery key says `done` that long instead, so a redelivery (its ack lost with its worker) is
+    skipped, and the log's dedup records of the batch can go at the next seal (wal.prune_dedup)."""
     record_keys: list[str] = []
     args: list[str | float] = [f"{started_at:.6f}", _now(), worker, hold_s]
     encoded_outcomes = []
@@ -387,7 +396,11 @@ def finish_members(pipe: redis.client.Pipeline, batch_id: str, outcomes: list[tu
                                               args=[*args, TERMINAL_ARG], client=pipe)
     if reply_to:
         pipe.publish(keys.job_channel(reply_to), batch_message(batch_id, encoded_outcomes))
-    pipe.delete(keys.delivery(batch_id))
+    if keep_done_s is None:
+        pipe.delete(keys.delivery(batch_id))
+    else:
+        pipe.hset(keys.delivery(batch_id), "done", "1")
+        pipe.expire(keys.delivery(batch_id), max(1, math.ceil(keep_done_s)))
 
 
 BATCH_PREFIX = b'{"batch":'

@@ -196,3 +196,24 @@ def test_a_poisoned_compaction_gives_the_seal_lock_back(st: ProcessState) -> Non
     runner.FUNCTIONS["vecq.seal"].on_fail(st, "seal-9", {"code": "internal", "message": "x", "field": None},  # type: ignore[misc]
                                           {"collection": name, "uid": col.uid})
     assert not segments.lock(st.r, col, 3600, owner="seal-5")
+
+
+def test_a_finished_write_batch_is_never_run_again(st: ProcessState) -> None:
+    """A write batch's delivery key says `done` once it finished (for the redelivery window), so a redelivery whose
+    ack was lost with its worker is skipped, and the log's dedup records of the batch may go at the next seal."""
+    batch = f"batch-{uuid.uuid4().hex}"
+    assert jobs.claim_delivery(st.r, batch, max_attempts=3, ttl=60) is jobs.Claim.RUN
+    assert jobs.finished(st.r, [batch]) == [False]
+    with st.r.pipeline(transaction=False) as pipe:
+        jobs.finish_members(pipe, batch, [({"job_id": f"m-{batch}"}, {"count": 1}, None)], reply_to=None,
+                            started_at=0.0, worker="test-1", hold_s=5, keep_done_s=600)
+        pipe.execute()
+    assert jobs.claim_delivery(st.r, batch, max_attempts=3, ttl=60) is jobs.Claim.SKIP
+    assert jobs.finished(st.r, [batch, "never-seen"]) == [True, False]
+    assert 590 < st.r.ttl(keys.delivery(batch)) <= 600
+    search_batch = f"batch-{uuid.uuid4().hex}"  # without keep_done_s (searches): the key goes, a redelivery runs
+    jobs.claim_delivery(st.r, search_batch, max_attempts=3, ttl=60)
+    with st.r.pipeline(transaction=False) as pipe:
+        jobs.finish_members(pipe, search_batch, [], reply_to=None, started_at=0.0, worker="test-1", hold_s=5)
+        pipe.execute()
+    assert not st.r.exists(keys.delivery(search_batch))

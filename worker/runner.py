@@ -67,6 +67,7 @@ class Function:
     on_fail: OnFail | None = None  # hears of any error, a poisoned delivery's included
     # batch(st, batch_id, members=..., **inputs): one result (or VecqError) per member, in order
     batch: Callable[..., list[Any]] | None = None
+    batch_once: bool = False  # a finished batch is never run again, even redelivered (writes; searches may)
 
     def collection(self, inputs: dict[str, Any]) -> str | None:
         value = inputs.get(self.collection_arg)
@@ -79,11 +80,13 @@ FUNCTIONS: dict[str, Function] = {}
 def task(name: str, job_type: str, *, collection_arg: str = "collection",
          listed: Callable[[dict[str, Any]], bool] | None = None,
          on_fail: OnFail | None = None,
-         batch: Callable[..., list[Any]] | None = None, **celery_options: Any) -> Callable[[F], F]:
+         batch: Callable[..., list[Any]] | None = None, batch_once: bool = False,
+         **celery_options: Any) -> Callable[[F], F]:
     """Register `body` as the Celery task `name`; the body itself is returned unchanged, callable without Celery."""
 
     def register(body: F) -> F:
-        fn = Function(name, job_type, body, collection_arg, listed or (lambda inputs: True), on_fail, batch)
+        fn = Function(name, job_type, body, collection_arg, listed or (lambda inputs: True), on_fail, batch,
+                      batch_once)
 
         def run(self: Task, **inputs: Any) -> None:
             if fn.batch is not None and inputs.get("members") is not None:
@@ -191,6 +194,8 @@ def run_batch(fn: Function, batch_id: str, inputs: dict[str, Any]) -> None:
     started_at, started = time.time(), time.perf_counter()
     claim = through_outage(lambda: jobs.claim_delivery(st.r, batch_id, max_attempts=st.settings.max_attempts,
                                                        ttl=st.settings.job_ttl_s), batch_id, "claim")
+    if claim is jobs.Claim.SKIP:
+        return  # finished before: its members had their outcomes then
     outcomes: list[tuple[dict[str, Any], Any, Error | None]]
     if claim is jobs.Claim.POISONED:
         outcomes = [(m, None, poisoned(st)) for m in members]
@@ -208,7 +213,7 @@ def run_batch(fn: Function, batch_id: str, inputs: dict[str, Any]) -> None:
     def finish() -> None:
         with st.r.pipeline(transaction=False) as pipe:  # the pipeline loads its script if Redis lost it
             jobs.finish_members(pipe, batch_id, outcomes, reply_to=reply_to, started_at=started_at, worker=st.worker,
-                                hold_s=hold_s)
+                                hold_s=hold_s, keep_done_s=st.settings.redelivery_window_s if fn.batch_once else None)
             stats.add_jobs(pipe, [(fn.job_type, JobStatus.FAILED if e else JobStatus.SUCCEEDED, duration_ms / 1000)
                                   for _, _, e in outcomes])
             pipe.execute()

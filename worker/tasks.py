@@ -147,7 +147,8 @@ def add_batch(st: state.ProcessState, batch_id: str, *, collection: str, vectors
     return results
 
 
-@task(ADD, "add", listed=lambda inputs: inputs.get("parent") is None, on_fail=fail_parent, batch=add_batch)
+@task(ADD, "add", listed=lambda inputs: inputs.get("parent") is None, on_fail=fail_parent, batch=add_batch,
+      batch_once=True)
 def add(st: state.ProcessState, job_id: str, *, collection: str, vectors: list[list[float]] | None = None,
         vectors_b64: str | None = None,
         ids: list[str] | None = None, metadata: list[dict[str, Any] | None] | None = None,
