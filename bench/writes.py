@@ -44,7 +44,7 @@ class Config:
     workers: int = 2
 
 
-QUICK = Config(concurrency=(1, 16), max_requests=300, max_seconds=1.5, warmup=0.3, rows=500)
+QUICK = Config(concurrency=(16,), max_requests=300, max_seconds=1.0, warmup=0.2, rows=500)
 
 
 def level(vecq: Vecq, rows_path: Path, concurrency: int, cfg: Config) -> dict[str, Any]:
