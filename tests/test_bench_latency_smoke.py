@@ -6,18 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
-PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
 
 
-@pytest.mark.skipif(not Path(PY_SPY).exists(), reason="py-spy is not installed (the bench extra)")
 def test_quick_latency_section_writes_sane_figures(tmp_path: Path) -> None:
     out = tmp_path / "results"
     env = {k: v for k, v in os.environ.items() if k != "VECQ_REDIS_URL"}
