@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.report import goals_table
+
 
 def _plans(plans: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(plans.items())) or "-"
@@ -32,13 +34,8 @@ def render(res: dict[str, Any]) -> str:
         f"against a float64 brute force over the matching rows, {cfg['queries']} queries per filter; a query is "
         f"*short* when it has fewer than min({k}, matching rows) hits.",
         "",
-        "### Goals",
-        "",
-        "| Goal | Target | Measured | Met |",
-        "|---|---|---|---|",
     ]
-    lines += [f"| {g['goal']} | {g['target']} | {g['measured']} | {'yes' if g['met'] else '**no**'} |"
-              for g in res["goals"]]
+    lines += goals_table(res["goals"])
     run = res["goals_run"]
     base, wbase = run["none"]["p50_ms"], run["none"].get("worker_p50_ms")
     c = cfg["qps_concurrency"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.report import goals_table
+
 
 def _v(x: Any) -> str:
     return "-" if x is None else str(x)
@@ -34,13 +36,8 @@ def render(res: dict[str, Any]) -> str:
         f"{cfg['requests']} sequential calls of each kind on one keep-alive connection, in {cfg['rounds']} "
         "alternating rounds (floor, Celery no-op, search).",
         "",
-        "### Goals",
-        "",
-        "| Goal | Target | Measured | Met |",
-        "|---|---|---|---|",
     ]
-    lines += [f"| {g['goal']} | {g['target']} | {g['measured']} | {'yes' if g['met'] else '**no**'} |"
-              for g in res["goals"]]
+    lines += goals_table(res["goals"])
     lines += [
         "",
         "### The budget",

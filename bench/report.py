@@ -12,6 +12,13 @@ from pathlib import Path
 from typing import Any
 
 
+def goals_table(goals: list[dict[str, Any]]) -> list[str]:
+    """A section's goals as markdown lines: each goal, its target, what was measured, met or not."""
+    return ["### Goals", "", "| Goal | Target | Measured | Met |", "|---|---|---|---|",
+            *(f"| {g['goal']} | {g['target']} | {g['measured']} | {'yes' if g['met'] else '**no**'} |"
+              for g in goals)]
+
+
 def machine() -> dict[str, Any]:
     cpu = "unknown"
     mem_gb = None
