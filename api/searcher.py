@@ -174,11 +174,12 @@ class Searcher:
             return Pending(job_id)
         wait = min(wait, self.settings.wait_max_s)
         entry = Entry(job_id, queries, body, scope, wait=wait)
-        async with waiter.watch(job_id, batches.member_recheck(self.dispatcher.r, entry)) as watch:
+        recheck = batches.member_recheck(self.dispatcher.r, entry)
+        async with waiter.watch(job_id, recheck) as watch:
             self._enqueue(col, entry)  # a full lane refuses it here
             outcome = await watch.result(wait)
             if outcome is None:  # one last look: a batch that ended as the wait ran out answers with its hits
-                outcome = await batches.member_recheck(self.dispatcher.r, entry)()
+                outcome = await recheck()
         if outcome is None:
             await self._record(col, entry)
             return await self.dispatcher.pending(job_id)

@@ -91,11 +91,12 @@ class Writer:
         job_id = new_job_id()
         write = Write(job_id, rows, ids, metadata, scope, min(wait, self.settings.wait_max_s))
         r = self.dispatcher.r
-        async with self.dispatcher.waiter.watch(job_id, batches.member_recheck(r, write)) as watch:
+        recheck = batches.member_recheck(r, write)
+        async with self.dispatcher.waiter.watch(job_id, recheck) as watch:
             self._enqueue(col, write)  # a full lane refuses it here
             outcome = await watch.result(write.wait)
             if outcome is None:  # one last look: a batch that ended as the wait ran out answers with its outcome
-                outcome = await batches.member_recheck(r, write)()
+                outcome = await recheck()
         if outcome is None:
             await jobs.amember_record(r, job_id, write.batch_id, col.name, job_type="add",
                                       ttl=self.settings.job_ttl_s, scope=scope, submitted_at=write.submitted_at)
