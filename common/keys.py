@@ -2,8 +2,8 @@
 
 Each family is written by one module: collections.py (`col`), wal.py (`wal`, `docs`, `dedup`, `trim`),
 jobs.py (`job`, `delivery`, `batch`), blobs.py (`blob`), heartbeat.py (`hb`), segments.py (`segments`, `seal`,
-`seallock`), stats.py (`stats`); jobs.py also writes `jobs:recent`, the index of recent jobs; worker/reaper.py
-`reaper`, a lock.
+`seallock`, `compactlock`), stats.py (`stats`); jobs.py also writes `jobs:recent`, the index of recent jobs;
+worker/reaper.py `reaper`, a lock.
 """
 
 from __future__ import annotations
@@ -75,6 +75,10 @@ def seal_state(name: str, uid: str) -> str:
 
 def seal_lock(name: str, uid: str) -> str:
     return _data(name, uid, "seallock")
+
+
+def compact_lock(name: str, uid: str) -> str:
+    return _data(name, uid, "compactlock")
 
 
 def job(job_id: str) -> str:

@@ -1,12 +1,19 @@
-"""Sealed segments in Redis: each collection's manifest, its seal lock, and when a seal is due.
+"""Sealed segments in Redis: each collection's manifest, its seal and compaction locks, and when a seal is due.
 
 Only this module writes `segments` (the manifest), `seal` (rows written since the newest seal, the pending seal
-request and a seal owed by the lock's holder) and `seallock`. The segment files are worker/segment_files.py's.
+request and a seal owed by the lock's holder), `seallock` and `compactlock`. The segment files are
+worker/segment_files.py's.
 
 A collection is a list of immutable sealed segments, in log order, plus the log after `sealed_lsn` (which every
 worker keeps in a growing segment of its own). The manifest is the commit point of a seal or a compaction: a hash
 with `gen`, bumped by every change and compared by workers on their hot path, and `body`, the JSON of a
-`Manifest`. It is only ever replaced by compare-and-set on `gen`, by the holder of the seal lock.
+`Manifest`. It is only ever replaced by compare-and-set on `gen`.
+
+Seals and compactions hold separate locks, so a seal (which lets the log be trimmed) never waits for a compaction
+(which may rebuild a large HNSW graph for minutes). Each commits its change onto whatever the other committed
+meanwhile: a seal appends one segment after the newest and moves `sealed_lsn`; a compaction replaces the oldest
+segments, those it merged, which only it removes, and keeps every segment sealed since (`after_seal`,
+`after_merge`).
 """
 
 from __future__ import annotations
@@ -14,8 +21,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import redis
 import redis.asyncio as aredis
@@ -89,7 +97,8 @@ def new_segment_id() -> str:
 
 
 def data_keys(col: Collection) -> list[str]:
-    return [keys.segments(col.name, col.uid), keys.seal_state(col.name, col.uid), keys.seal_lock(col.name, col.uid)]
+    return [keys.segments(col.name, col.uid), keys.seal_state(col.name, col.uid), keys.seal_lock(col.name, col.uid),
+            keys.compact_lock(col.name, col.uid)]
 
 
 def read(r: redis.Redis, col: Collection) -> Manifest:
@@ -142,6 +151,40 @@ def commit(r: redis.Redis, col: Collection, expected: Manifest, new: Manifest) -
     return replace(new, gen=gen)
 
 
+COMMIT_TRIES = 8  # a seal and a compaction commit a few times a minute at most: a lost race is retried at once
+
+
+def commit_onto(r: redis.Redis, col: Collection, change: Callable[[Manifest], Manifest]) -> Manifest:
+    """Commit `change` applied to the manifest as it is now, read again if another job committed in between."""
+    for _ in range(COMMIT_TRIES - 1):
+        current = read(r, col)
+        try:
+            return commit(r, col, current, change(current))
+        except ManifestChanged:
+            continue
+    current = read(r, col)
+    return commit(r, col, current, change(current))
+
+
+def after_seal(current: Manifest, base: Manifest, segment: SegmentInfo | None, sealed_lsn: Lsn,
+               trained: str | None, trained_rows: int) -> Manifest:
+    """`current` with the seal built from `base` on top: `segment` (None: the sealed range held nothing to keep)
+    appended, `sealed_lsn` moved. Seals hold the seal lock, so only a compaction can have committed since `base`."""
+    if current.sealed_lsn != base.sealed_lsn:
+        raise ManifestChanged(f"another seal committed up to {current.sealed_lsn} while this one ran", None)
+    return replace(current, sealed_lsn=sealed_lsn, trained=trained, trained_rows=trained_rows,
+                   segments=current.segments + ((segment,) if segment else ()))
+
+
+def after_merge(current: Manifest, base: Manifest, merged: SegmentInfo | None) -> Manifest:
+    """`current` with the segments of `base` (all merged into `merged`; None: no live row left) replaced. Seals
+    only append, so they come after the merged ones, in log order, and stay."""
+    n = len(base.segments)
+    if current.segments[:n] != base.segments:
+        raise ManifestChanged("the merged segments changed while the compaction ran", None)
+    return replace(current, segments=((merged,) if merged else ()) + current.segments[n:])
+
+
 # Held by another owner: refused (a seal refused leaves its request to the holder: `again`, see settled). Held by
 # this owner (a job redelivered after its worker was killed while holding it): taken over, so a crash does not
 # block seals of the collection until the lock expires.
@@ -154,16 +197,24 @@ return 0
 _UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
-def lock(r: redis.Redis, col: Collection, ttl_s: int, owner: str, defer: bool = False) -> bool:
-    """One seal or compaction per collection at a time. `owner` (the job id) lets a redelivery of the same job
-    take back the lock its killed first delivery held. `defer` (a seal): refused, it leaves its request to the
+LockKind = Literal["seal", "compact"]
+
+
+def lock_key(col: Collection, kind: LockKind) -> str:
+    return keys.seal_lock(col.name, col.uid) if kind == "seal" else keys.compact_lock(col.name, col.uid)
+
+
+def lock(r: redis.Redis, col: Collection, ttl_s: int, owner: str, defer: bool = False,
+         kind: LockKind = "seal") -> bool:
+    """One seal, and one compaction, per collection at a time. `owner` (the job id) lets a redelivery of the same
+    job take back the lock its killed first delivery held. `defer` (a seal): refused, it leaves its request to the
     holder, in the same step, so that the holder's `settled` requests the seal again."""
-    return bool(r.register_script(_LOCK)(keys=[keys.seal_lock(col.name, col.uid), keys.seal_state(col.name, col.uid)],
+    return bool(r.register_script(_LOCK)(keys=[lock_key(col, kind), keys.seal_state(col.name, col.uid)],
                                          args=[owner, ttl_s, "1" if defer else "0"]))
 
 
-def unlock(r: redis.Redis, col: Collection, owner: str) -> None:
-    r.register_script(_UNLOCK)(keys=[keys.seal_lock(col.name, col.uid)], args=[owner])
+def unlock(r: redis.Redis, col: Collection, owner: str, kind: LockKind = "seal") -> None:
+    r.register_script(_UNLOCK)(keys=[lock_key(col, kind)], args=[owner])
 
 
 # Count the rows written since the newest seal; once they pass the threshold, one caller (and only one until the
@@ -218,9 +269,9 @@ return 1
 
 
 def settled(r: redis.Redis, col: Collection) -> bool:
-    """A seal or a compaction that held the lock is done: the next write past the threshold may request a seal.
-    True if a seal is due that could not be requested or run meanwhile (writes past the threshold while a request
-    was pending, or a seal refused the lock): it is requested in the same step, and the caller enqueues it."""
+    """A seal that held the lock is done: the next write past the threshold may request a seal. True if a seal is
+    due that could not be requested or run meanwhile (writes past the threshold while a request was pending, or a
+    seal refused the lock): it is requested in the same step, and the caller enqueues it."""
     return bool(r.register_script(_SETTLE)(keys=[keys.seal_state(col.name, col.uid)], args=[f"{time.time():.3f}"]))
 
 

@@ -171,13 +171,15 @@ def test_auto_seal_compaction_and_log_trim(new_stack) -> None:  # type: ignore[n
     r.close()
 
 
-def test_a_seal_due_while_another_seal_or_compaction_holds_the_lock_still_runs(new_stack) -> None:  # type: ignore[no-untyped-def]
-    """Writes past VECQ_SEAL_EVERY_ROWS while the collection's seal lock is held (a seal or a compaction running):
-    the seal they request cannot run then, and writes meanwhile cannot request another. When the holder is done,
-    the seal must still happen, without waiting for a later write (an upload's rows would otherwise stay in every
-    worker's growing segment). The holder here is a compaction job whose id the test took the lock with."""
+def test_a_seal_due_while_another_seal_holds_the_lock_still_runs(new_stack) -> None:  # type: ignore[no-untyped-def]
+    """Writes past VECQ_SEAL_EVERY_ROWS while the collection's seal lock is held (a seal running): the seal they
+    request cannot run then, and writes meanwhile cannot request another. When the holder is done, the seal must
+    still happen, without waiting for a later write (an upload's rows would otherwise stay in every worker's
+    growing segment). The holder is a seal job whose id the test took the lock with (its own run, redelivered
+    here, would not see writes made after it read the log: so the refused seal is requested again once it is
+    done); a compaction's lock, held meanwhile, holds no seal back."""
     from common import collections, segments
-    from common.celery_app import COMPACT, make_celery
+    from common.celery_app import SEAL, make_celery
     from common.settings import Settings
 
     s = new_stack(workers=1, env={"VECQ_SEAL_EVERY_ROWS": "100"})
@@ -187,7 +189,8 @@ def test_a_seal_due_while_another_seal_or_compaction_holds_the_lock_still_runs(n
         name = create(api, 8)
         col = collections.get(r, name)
         holder = uuid.uuid4().hex
-        assert segments.lock(r, col, 120, owner=holder)  # as a compaction that is running
+        assert segments.lock(r, col, 120, owner=holder)  # as a seal that is running
+        assert segments.lock(r, col, 120, owner="a-compaction", kind="compact")
         add(api, name, data[:150], [f"h{i}" for i in range(150)])  # past the threshold: a seal is requested ...
         deadline = time.monotonic() + 30
         while "type=seal " not in log_of(s, "worker1"):  # ... and finds the lock held
@@ -196,13 +199,16 @@ def test_a_seal_due_while_another_seal_or_compaction_holds_the_lock_still_runs(n
         add(api, name, data[150:], [f"h{i}" for i in range(150, 200)])  # while its request is pending
         assert info(api, name)["sealed_rows"] == 0
         producer = make_celery(Settings(redis_url=s.redis_url, queue="vecq"))
-        producer.send_task(COMPACT, kwargs={"collection": name, "uid": col.uid}, task_id=holder, queue="vecq")
+        producer.send_task(SEAL, kwargs={"collection": name, "uid": col.uid}, task_id=holder, queue="vecq")
         deadline = time.monotonic() + 30
         while (described := info(api, name))["sealed_rows"] < 200:
             assert time.monotonic() < deadline, described  # no further write comes to request it
             time.sleep(0.2)
         assert described["growing_rows"] == 0 and described["count"] == 200
-        assert "type=compact " in log_of(s, "worker1")
+        deadline = time.monotonic() + 30
+        while log_of(s, "worker1").count("type=seal ") < 3:  # refused, the holder's, and the one it owed
+            assert time.monotonic() < deadline, log_of(s, "worker1")
+            time.sleep(0.2)
     r.close()
 
 

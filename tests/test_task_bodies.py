@@ -175,27 +175,105 @@ def test_add_batch_appends_members_in_order_and_fails_a_bad_member_alone(st: Pro
     assert tasks.count(st, "c2", collection=name, uid=uid)["count"] == 2
 
 
-def test_a_poisoned_compaction_gives_the_seal_lock_back(st: ProcessState) -> None:
-    """Every delivery of a compaction was killed while it held the lock: the poisoned job's on_fail releases it,
-    so the next seal runs instead of waiting for the lock's TTL while the log grows."""
+def test_a_poisoned_seal_or_compaction_gives_its_lock_back(st: ProcessState) -> None:
+    """Every delivery of a seal (or a compaction) was killed while it held its lock: the poisoned job's on_fail
+    releases it, so the next one runs instead of waiting for the lock's TTL while the log grows."""
     from common import segments
     from common.errors import Poisoned
 
     name = new_name()
     tasks.create_collection(st, uuid.uuid4().hex, name=name, dim=2)
     col = collections.get(st.r, name)
-    assert segments.lock(st.r, col, 3600, owner="compact-1")  # its killed deliveries held it
+    where = {"collection": name, "uid": col.uid}
+    assert segments.lock(st.r, col, 3600, owner="seal-1")  # its killed deliveries held it
     assert not segments.lock(st.r, col, 3600, owner="seal-2", defer=True)  # a seal meanwhile: refused, asks again
-    runner.FUNCTIONS["vecq.compact"].on_fail(st, "compact-1", Poisoned("gave up").to_dict(),  # type: ignore[misc]
-                                             {"collection": name, "uid": col.uid})
-    assert st.sent == [(SEAL, {"collection": name, "uid": col.uid})]  # type: ignore[attr-defined]
+    runner.FUNCTIONS["vecq.seal"].on_fail(st, "seal-1", Poisoned("gave up").to_dict(), where)  # type: ignore[misc]
+    assert st.sent == [(SEAL, where)]  # type: ignore[attr-defined]
     assert segments.lock(st.r, col, 3600, owner="seal-3")  # free again
     segments.unlock(st.r, col, "seal-3")
     # An error the body saw itself (its `finally` let the lock go) leaves the lock to whoever holds it now.
     assert segments.lock(st.r, col, 3600, owner="seal-4")
     runner.FUNCTIONS["vecq.seal"].on_fail(st, "seal-9", {"code": "internal", "message": "x", "field": None},  # type: ignore[misc]
-                                          {"collection": name, "uid": col.uid})
+                                          where)
     assert not segments.lock(st.r, col, 3600, owner="seal-5")
+    # A compaction's lock is its own: held, it refuses another compaction and leaves seals alone.
+    assert segments.lock(st.r, col, 3600, owner="compact-1", kind="compact")
+    assert not segments.lock(st.r, col, 3600, owner="compact-2", kind="compact")
+    runner.FUNCTIONS["vecq.compact"].on_fail(st, "compact-1", Poisoned("gave up").to_dict(), where)  # type: ignore[misc]
+    assert segments.lock(st.r, col, 3600, owner="compact-2", kind="compact")
+    assert st.sent == [(SEAL, where)]  # type: ignore[attr-defined]  # a compaction owes no seal
+
+
+def add_rows(st: ProcessState, name: str, job_id: str, data: np.ndarray, ids: list[str]) -> None:
+    tasks.add(st, job_id, collection=name, vectors_b64=encode_vectors(data), ids=ids)
+
+
+def brute_force_ids(rows: dict[str, np.ndarray], query: np.ndarray, k: int) -> list[str]:
+    ids = sorted(rows)
+    scores = ((np.array([rows[i] for i in ids], dtype=np.float64) - query) ** 2).sum(1)
+    return [ids[j] for j in np.argsort(scores, kind="stable")[:k]]
+
+
+def test_a_seal_runs_while_a_compaction_builds_and_the_compaction_commits_onto_it(st: ProcessState) -> None:
+    """A compaction may rebuild a large HNSW graph for minutes; seals (which let the log be trimmed) must not wait
+    for it. Here a compaction is built, then seals commit and trim the log while it holds its lock, and then it
+    commits: the merged segment replaces the segments it read, the seals made meanwhile stay after it, and every
+    search equals a brute force over the live rows (with deletes and upserts of rows in every segment)."""
+    from common import segments, wal
+    from worker import sealing, segment_files
+
+    rng = np.random.default_rng(41)
+    name = new_name()
+    tasks.create_collection(st, uuid.uuid4().hex, name=name, dim=4)
+    col = collections.get(st.r, name)
+    live: dict[str, np.ndarray] = {}
+
+    def write(job_id: str, ids: list[str]) -> None:
+        data = rng.standard_normal((len(ids), 4)).astype(np.float32)
+        add_rows(st, name, job_id, data, ids)
+        live.update(zip(ids, data, strict=True))
+
+    def drop(job_id: str, ids: list[str]) -> None:
+        tasks.delete(st, job_id, collection=name, ids=ids)
+        for vid in ids:
+            live.pop(vid)
+
+    store = segment_files.root(st.settings)
+    write("w1", [f"a{i}" for i in range(30)])
+    assert tasks.seal(st, "s1", collection=name)["sealed"]
+    write("w2", [f"b{i}" for i in range(30)])
+    drop("d1", ["a1", "a2"])
+    assert tasks.seal(st, "s2", collection=name)["sealed"]
+    assert segments.lock(st.r, col, 600, owner="compact-1", kind="compact")  # the compaction job, running
+    merge = sealing.build_merge(st.settings, st.registry, store, col)
+    assert merge is not None and len(merge.base.segments) == 2 and merge.merged is not None
+    assert merge.merged.rows == 58
+
+    write("w3", ["a3", "b3", "c0", "c1"])  # upserts of rows in both merged segments, and new rows
+    drop("d2", ["a4", "b4"])  # deletes of rows in both
+    sealed = tasks.seal(st, "s3", collection=name)  # not held back by the compaction's lock
+    assert sealed["sealed"] and sealed["segments"] == 3
+    assert st.r.xlen(keys.wal(name, col.uid)) <= 1  # the log trimmed to the seal while the compaction built
+    write("w4", ["c2", "a5"])  # the growing part after the last seal
+
+    committed = sealing.commit_merge(st.r, store, col, merge)
+    segments.unlock(st.r, col, "compact-1", "compact")
+    assert [s.id for s in committed.segments] == [merge.merged.id, segments.read(st.r, col).segments[1].id]
+    assert committed.sealed_lsn == sealed["sealed_lsn"] == segments.read(st.r, col).sealed_lsn
+    assert wal.last_lsn(st.r, col) > committed.sealed_lsn
+
+    assert tasks.count(st, "n", collection=name)["count"] == len(live)
+    queries = rng.standard_normal((20, 4)).astype(np.float32)
+    found = tasks.search(st, "q", collection=name, vectors_b64=encode_vectors(queries), k=8)["results"]
+    assert [[h["id"] for h in hits] for hits in found] == [brute_force_ids(live, q, 8) for q in queries]
+    for vid in ("a3", "b3", "a5"):  # upserted: the newest vector
+        assert tasks.get_vector(st, "g", collection=name, id=vid)["vector"] == live[vid].tolist()
+
+    # A second compaction merges the first's segment and the seal made meanwhile: one segment, same answers.
+    assert tasks.compact(st, "compact-2", collection=name)["compacted"]
+    assert len(segments.read(st.r, col).segments) == 1
+    again = tasks.search(st, "q2", collection=name, vectors_b64=encode_vectors(queries), k=8)["results"]
+    assert again == found
 
 
 def test_a_finished_write_batch_is_never_run_again(st: ProcessState) -> None:

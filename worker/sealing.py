@@ -3,9 +3,10 @@
 A seal turns the growing part of the log (the writes after the manifest's `sealed_lsn`, up to the end of the log
 as this worker has applied it) into one immutable segment of the collection's own spec: trained on the
 collection's rows if the spec needs training (once; the trained empty index is kept as the template of every
-later segment), built with one `add`. A compaction merges every segment into one, dropping dead rows. Both hold
-the collection's seal lock, write their files first and commit the manifest last (common/segments.py), and only
-then trim the log: a job killed at any step is redone by its redelivery, and nothing is lost or doubled.
+later segment), built with one `add`. A compaction merges every segment into one, dropping dead rows. Each holds
+a lock of its own (seals go on while a compaction builds), writes its files first and commits the manifest last,
+onto whatever the other committed meanwhile (common/segments.py); a seal then trims the log: a job killed at any
+step is redone by its redelivery, and nothing is lost or doubled.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def write_segment(store: Path, col: Collection, tmpl: Template, rows: SegmentRow
 
 
 def seal(r: Any, settings: Settings, registry: Registry, store: Path, col: Collection) -> dict[str, Any]:
-    """Seal the growing part of `col`. The caller holds the seal lock."""
+    """Seal the growing part of `col`. The caller holds the seal lock (not the compaction's)."""
     started = time.perf_counter()
     copy = registry.ready(col, "strong")
     manifest, lsn = copy.manifest, copy.applied
@@ -84,15 +85,13 @@ def seal(r: Any, settings: Settings, registry: Registry, store: Path, col: Colle
     if tmpl is None:
         return {**result, "sealed": False, "reason": f"index {col.index!r} needs {copy.kind.train_rows:,} rows to "
                 f"train, the collection has {len(ids):,}: they stay searchable, exactly, in the growing segment"}
-    new_segments = list(manifest.segments)
     info = None
-    if ids or (deleted and new_segments):
+    if ids or (deleted and manifest.segments):
         info = write_segment(store, col, tmpl, SegmentRows(ids, vectors, deleted, metadata), manifest.sealed_lsn,
                              lsn)
-        new_segments.append(info)
     try:
-        committed = segments.commit(r, col, manifest, Manifest(
-            sealed_lsn=lsn, segments=tuple(new_segments), trained=tmpl.name, trained_rows=tmpl.rows))
+        committed = segments.commit_onto(r, col, lambda current: segments.after_seal(
+            current, manifest, info, lsn, tmpl.name, tmpl.rows))
     except NotFound:  # deleted while we built: its purge may have run already, so its files are ours to remove
         segment_files.remove(store, col)
         raise
@@ -101,18 +100,25 @@ def seal(r: Any, settings: Settings, registry: Registry, store: Path, col: Colle
     segments.sealed(r, col, copy.growing.written_rows)
     log.info("sealed collection=%s lsn=%s rows=%d deleted=%d segment=%s seconds=%.3f", col.name, lsn, len(ids),
              len(deleted), info.id if info else None, seconds)
-    return {**result, "sealed": True, "sealed_lsn": lsn, "segments": len(new_segments),
+    return {**result, "sealed": True, "sealed_lsn": lsn, "segments": len(committed.segments),
             "segment": info.id if info else None, "rows": len(ids), "seconds": round(seconds, 3)}
 
 
-def compact(r: Any, settings: Settings, registry: Registry, store: Path, col: Collection) -> dict[str, Any]:
-    """Merge every sealed segment into one without dead rows. The caller holds the seal lock."""
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class Merge:
+    """A compaction built and not yet committed: `merged` replaces the segments of `base`."""
+    base: Manifest
+    merged: SegmentInfo | None  # None: no live row left in them
+    dropped: int
+
+
+def build_merge(settings: Settings, registry: Registry, store: Path, col: Collection) -> Merge | None:
+    """Merge every sealed segment of `col` into one without dead rows; None if there is nothing to gain."""
     copy = registry.ready(col, "strong")
     manifest = copy.manifest
     dead = sum(s.dead_count for s in copy.sealed)
     if len(copy.sealed) < 2 and not dead:
-        return {"compacted": False, "reason": "one segment without dead rows", "segments": len(copy.sealed)}
+        return None
     ids: list[str] = []
     metadata: list[str | None] = []
     parts = []
@@ -126,18 +132,34 @@ def compact(r: Any, settings: Settings, registry: Registry, store: Path, col: Co
     tmpl = template(store, col, copy, manifest, vectors, settings.train_sample_rows)
     if tmpl is None:  # a trained spec always has its template once it has a segment
         raise RuntimeError(f"collection {col.name} has segments but no trained template")
-    # Every segment is merged, the oldest included, so no older segment is left for a deleted id to bury.
+    # Every segment is merged, the oldest included, so no older segment is left for a deleted id to bury. A row
+    # dead by a write after `base` (in the growing part, or a seal committed while this one builds) is dropped
+    # or buried by that newer write: either way the merged segment stays older than every write that follows.
     info = write_segment(store, col, tmpl, SegmentRows(ids, vectors, [], metadata), manifest.segments[0].first_lsn,
                          manifest.segments[-1].lsn) if ids else None
-    committed = segments.commit(r, col, manifest, Manifest(
-        sealed_lsn=manifest.sealed_lsn, segments=(info,) if info else (), trained=manifest.trained,
-        trained_rows=manifest.trained_rows))
+    return Merge(manifest, info, dead)
+
+
+def commit_merge(r: Any, store: Path, col: Collection, merge: Merge) -> Manifest:
+    committed = segments.commit_onto(r, col, lambda current: segments.after_merge(current, merge.base, merge.merged))
     segment_files.sweep(store, col, keep=keep_names(committed))
+    return committed
+
+
+def compact(r: Any, settings: Settings, registry: Registry, store: Path, col: Collection) -> dict[str, Any]:
+    """Merge every sealed segment into one without dead rows. The caller holds the compaction lock."""
+    started = time.perf_counter()
+    merge = build_merge(settings, registry, store, col)
+    if merge is None:
+        return {"compacted": False, "reason": "one segment without dead rows",
+                "segments": len(registry.ready(col, "strong").sealed)}
+    committed = commit_merge(r, store, col, merge)
     seconds = time.perf_counter() - started
+    rows = merge.merged.rows if merge.merged else 0
     log.info("compacted collection=%s segments=%d->%d rows=%d dropped=%d seconds=%.3f", col.name,
-             len(manifest.segments), len(committed.segments), len(ids), dead, seconds)
-    return {"compacted": True, "segments": len(committed.segments), "merged": len(manifest.segments),
-            "rows": len(ids), "dropped": dead, "seconds": round(seconds, 3)}
+             len(merge.base.segments), len(committed.segments), rows, merge.dropped, seconds)
+    return {"compacted": True, "segments": len(committed.segments), "merged": len(merge.base.segments),
+            "rows": rows, "dropped": merge.dropped, "seconds": round(seconds, 3)}
 
 
 def compaction_due(copy: CollectionCopy, max_segments: int, dead_fraction: float) -> bool:

@@ -44,11 +44,11 @@ from common.codec import (
     vectors_from_json,
 )
 from common.collections import Collection, new_collection
-from common.errors import InvalidInput, NotFound, Poisoned, TimedOut, VecqError
+from common.errors import ErrorDict, InvalidInput, NotFound, Poisoned, TimedOut, VecqError
 from common.settings import get_settings
 from worker import ingest, sealing, segment_files, state
 from worker.index import probe, spec_kind
-from worker.runner import DEFERRED, task
+from worker.runner import DEFERRED, OnFail, task
 from worker.search import Limits, Member, parse_filter, run_search
 
 IDS_IN_RESULT_MAX = 10_000
@@ -328,21 +328,24 @@ def get_vector(st: state.ProcessState, job_id: str, *, collection: str, id: str,
     return {"id": id, "vector": copy.vector(loc), "metadata": copy.metadata(loc)}
 
 
-def under_seal_lock(st: state.ProcessState, job_id: str, col: Collection,
-                    work: Callable[[], dict[str, Any]], defer: bool = False) -> dict[str, Any]:
-    """Run a seal or a compaction holding the collection's seal lock (taken back by this job's redelivery). A seal
-    (`defer`) that finds the lock held leaves its request to the holder; the holder, once it has let the lock go,
-    requests the seal again if one is due that could not run or be requested meanwhile (segments.settled)."""
-    if not segments.lock(st.r, col, st.settings.seal_time_limit_s, owner=job_id, defer=defer):
-        return {"skipped": "another seal or compaction of this collection is running"}
+def under_lock(st: state.ProcessState, job_id: str, col: Collection, kind: segments.LockKind,
+               work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run a seal or a compaction holding the collection's lock of that kind (taken back by this job's
+    redelivery). A seal that finds its lock held leaves its request to the holder; the holder, once it has let the
+    lock go, requests the seal again if one is due that could not run or be requested meanwhile
+    (segments.settled)."""
+    seal = kind == "seal"
+    if not segments.lock(st.r, col, st.settings.seal_time_limit_s, owner=job_id, defer=seal, kind=kind):
+        return {"skipped": f"another {kind} of this collection is running"}
     try:
         result = work()
     finally:
-        segments.unlock(st.r, col, job_id)
-        if segments.settled(st.r, col):
+        segments.unlock(st.r, col, job_id, kind)
+        if seal and segments.settled(st.r, col):
             st.send(SEAL, {"collection": col.name, "uid": col.uid})
-    # After a seal, or a compaction that could not merge everything: and since a compaction that found the lock
-    # held was skipped, whoever held it asks again. Not after a failure, which would only repeat itself.
+    # After a seal, or a compaction that could not merge everything (seals went on while it built): and since a
+    # compaction that found its lock held was skipped, whoever held it asks again. Not after a failure, which
+    # would only repeat itself.
     if maybe_compact(st, col):
         result["compaction"] = "requested"
     return result
@@ -360,43 +363,47 @@ def maybe_compact(st: state.ProcessState, col: Collection) -> bool:
     return True
 
 
-def release_seal_lock(st: state.ProcessState, job_id: str, error: dict[str, Any], inputs: dict[str, Any]) -> None:
-    """A seal or compaction that ended without running its own `finally` (poisoned: every delivery lost its worker)
-    gives back the lock its deliveries held and settles its request. Without this, the collection's seals were
-    refused until the lock's TTL (VECQ_SEAL_TIME_LIMIT_S) while the log grew: found by the soak, whose chaos kills
-    a worker child every 60 s, more often than a compaction of 300k HNSW rows ends on 2 busy cores."""
-    if error.get("code") not in (Poisoned.code, TimedOut.code):
-        return  # it ran: under_seal_lock let the lock go itself
-    col = collections.find(st.r, str(inputs.get("collection")))
-    if col is None or (inputs.get("uid") is not None and col.uid != inputs["uid"]):
-        return
-    segments.unlock(st.r, col, job_id)
-    if segments.settled(st.r, col):
-        st.send(SEAL, {"collection": col.name, "uid": col.uid})
+def release_lock(kind: segments.LockKind) -> OnFail:
+    """The on_fail of a seal or a compaction: one that ended without running its own `finally` (poisoned: every
+    delivery lost its worker; or killed at the hard time limit) gives back the lock its deliveries held, and a seal
+    settles its request. Without this, the lock stayed taken until its TTL (VECQ_SEAL_TIME_LIMIT_S): found by the
+    soak, whose chaos kills a worker child every 60 s, more often than a compaction of 300k HNSW rows ends."""
+
+    def release(st: state.ProcessState, job_id: str, error: ErrorDict, inputs: dict[str, Any]) -> None:
+        if error.get("code") not in (Poisoned.code, TimedOut.code):
+            return  # it ran: under_lock let the lock go itself
+        col = collections.find(st.r, str(inputs.get("collection")))
+        if col is None or (inputs.get("uid") is not None and col.uid != inputs["uid"]):
+            return
+        segments.unlock(st.r, col, job_id, kind)
+        if kind == "seal" and segments.settled(st.r, col):
+            st.send(SEAL, {"collection": col.name, "uid": col.uid})
+
+    return release
 
 
 LONG = {"time_limit": get_settings().seal_time_limit_s,
         "soft_time_limit": get_settings().soft_limit(get_settings().seal_time_limit_s)}
 
 
-@task(SEAL, "seal", on_fail=release_seal_lock, **LONG)
+@task(SEAL, "seal", on_fail=release_lock("seal"), **LONG)
 def seal(st: state.ProcessState, job_id: str, *, collection: str, uid: str | None = None) -> dict[str, Any]:
     """Seal the log written since the newest seal into a segment every worker maps; then trim the log to it.
     Requests a compaction when the segments pass `compact_max_segments` or `compact_dead_fraction`."""
 
     col = resolve(st, collection, uid)
     store = segment_files.root(st.settings)
-    return under_seal_lock(st, job_id, col, lambda: sealing.seal(st.r, st.settings, st.registry, store, col),
-                           defer=True)
+    return under_lock(st, job_id, col, "seal", lambda: sealing.seal(st.r, st.settings, st.registry, store, col))
 
 
-@task(COMPACT, "compact", on_fail=release_seal_lock, **LONG)
+@task(COMPACT, "compact", on_fail=release_lock("compact"), **LONG)
 def compact(st: state.ProcessState, job_id: str, *, collection: str, uid: str | None = None) -> dict[str, Any]:
     """Merge the collection's sealed segments into one, dropping dead rows."""
 
     col = resolve(st, collection, uid)
     store = segment_files.root(st.settings)
-    return under_seal_lock(st, job_id, col, lambda: sealing.compact(st.r, st.settings, st.registry, store, col))
+    return under_lock(st, job_id, col, "compact",
+                      lambda: sealing.compact(st.r, st.settings, st.registry, store, col))
 
 
 @task(PURGE, "purge")
