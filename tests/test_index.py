@@ -9,10 +9,11 @@ import faiss
 import numpy as np
 import pytest
 
+from common import segments
 from common.codec import normalized
 from common.collections import Collection
 from common.errors import InvalidInput
-from common.segments import Manifest
+from common.segments import Manifest, SegmentInfo
 from common.wal import Entry
 from worker import index as worker_index
 from worker import sealing
@@ -225,3 +226,25 @@ def test_filtered_ivf_at_full_nprobe_equals_brute_force(tmp_path: Path) -> None:
     d = ((data[rows][None, :, :] - queries[:, None, :]) ** 2).sum(-1)
     want = [[f"r{rows[j]}" for j in np.argsort(row, kind="stable")[:10]] for row in d]
     assert [[h[0] for h in row] for row in hits] == want
+
+
+def _info(segment_id: str, first_lsn: str, lsn: str) -> SegmentInfo:
+    return SegmentInfo(id=segment_id, first_lsn=first_lsn, lsn=lsn, rows=1, deleted=0, bytes=1, spec="Flat",
+                       mapped=True, built_at=0.0, build_s=0.0)
+
+
+def test_a_seal_and_a_compaction_commit_onto_each_other_in_either_order() -> None:
+    s1, s2, s3 = _info("s1", "0-0", "1-0"), _info("s2", "1-0", "2-0"), _info("s3", "2-0", "3-0")
+    merged = _info("m", "0-0", "2-0")
+    base = Manifest(gen=4, sealed_lsn="2-0", segments=(s1, s2))
+    sealed_first = segments.after_seal(base, base, s3, "3-0", None, 0)
+    merged_then = segments.after_merge(sealed_first, base, merged)
+    merged_first = segments.after_merge(base, base, merged)
+    sealed_then = segments.after_seal(merged_first, base, s3, "3-0", None, 0)
+    assert merged_then == sealed_then == Manifest(gen=4, sealed_lsn="3-0", segments=(merged, s3))
+    assert segments.after_merge(base, base, None).segments == ()  # nothing live left in them
+    assert segments.after_seal(base, base, None, "3-0", None, 0).segments == (s1, s2)  # a range with nothing to keep
+    with pytest.raises(segments.ManifestChanged):  # another seal moved sealed_lsn: this one's range is stale
+        segments.after_seal(sealed_first, base, s3, "3-0", None, 0)
+    with pytest.raises(segments.ManifestChanged):  # the segments it merged are gone (merged by another)
+        segments.after_merge(merged_first, base, merged)
