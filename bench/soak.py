@@ -17,7 +17,8 @@ Seals and a compaction happen on their own (VECQ_SEAL_EVERY_ROWS, VECQ_COMPACT_M
 Asserted at the end: no HTTP 5xx but 503 + Retry-After while Redis is down (429s counted apart); every acknowledged
 write present exactly once with its last acknowledged vector and metadata (counts in Redis and in every worker's
 index, every acknowledged id read back, no superseded row found); API RSS and Redis used_memory within +10 % over
-the last 5 minutes (--quick: the last half). Output: bench/results/soak.{md,json,png} (--quick: bench/results/quick).
+the last 5 minutes (--quick: the last half), and Redis used_memory less the live ids' `docs` fields (data, which the
+writers' new ids grow) likewise. Output: bench/results/soak.{md,json,png} (--quick: bench/results/quick).
 
 The load runs in a child process of its own (`--driver`, asyncio + aiohttp), so this process's GIL never sits
 between the server and the measured requests; this one drives the chaos, the ingest and the memory samples.
@@ -661,6 +662,7 @@ class Soak:
                     info = r.info("memory")
                     row["redis_used"] = int(info["used_memory"])
                     row["redis_rss"] = int(info["used_memory_rss"])
+                    row["live_ids"] = live_ids(r)
                 except (redis.RedisError, OSError):
                     row["redis_used"] = None  # down (the restart): no sample
                     with contextlib.suppress(Exception):
@@ -971,10 +973,32 @@ def redis_keys(r: redis.Redis, per_kind: int = 200) -> dict[str, Any]:
         mean = float(np.mean(sizes)) if sizes else 0.0
         out[kind] = {"keys": n, "mean_bytes": round(mean), "mb": round(n * mean / 1e6, 2)}
     info = r.info("memory")
-    return {"at": time.time(), "kinds": out, "dbsize": r.dbsize(),
+    return {"at": time.time(), "kinds": out, "dbsize": r.dbsize(), "live_ids": live_ids(r),
             "info": {k: info.get(k) for k in ("used_memory", "used_memory_dataset", "used_memory_overhead",
                                               "mem_clients_normal", "mem_aof_buffer", "used_memory_scripts",
                                               "used_memory_rss")}}
+
+
+def live_ids(r: redis.Redis) -> int:
+    """Live ids of every collection: the fields of their `docs` hashes (HLEN is O(1))."""
+    return sum(int(r.hlen(key)) for key in r.scan_iter(match="vecq:c:*:docs", count=1000))
+
+
+def docs_bytes(census: dict[str, Any] | None) -> tuple[int, float] | None:
+    """(live ids, bytes of the `docs` hashes) from a census."""
+    if not census or "kinds" not in census or "vecq:c:*:docs" not in census["kinds"]:
+        return None
+    return int(census.get("live_ids") or 0), census["kinds"]["vecq:c:*:docs"]["mb"] * 1e6
+
+
+def less_live_ids(samples: list[dict[str, Any]], start: tuple[int, float],
+                  end: tuple[int, float]) -> list[dict[str, Any]]:
+    """Samples with `redis_bookkeeping`: used_memory less the live ids' `docs` fields, interpolated by the live
+    count between two censuses (a hash's table doubles at powers of two: bytes are not linear in ids alone)."""
+    (ids0, bytes0), (ids1, bytes1) = start, end
+    slope = (bytes1 - bytes0) / (ids1 - ids0) if ids1 != ids0 else (bytes0 / ids0 if ids0 else 0.0)
+    return [{**row, "redis_bookkeeping": row["redis_used"] - (bytes0 + (row["live_ids"] - ids0) * slope)}
+            if row.get("redis_used") is not None and row.get("live_ids") is not None else row for row in samples]
 
 
 def job_retention(cfg: Config, census: dict[str, Any] | None) -> dict[str, Any]:
@@ -1277,6 +1301,16 @@ def summarize(cfg: Config, soak: Soak, drive: dict[str, Any], t0: float, run_end
               "api_rss": memory_growth(soak.samples, "api_rss", lo, run_end, edge),
               "redis_used_memory": memory_growth(soak.samples, "redis_used", lo, run_end, edge),
               "workers_rss": memory_growth(soak.samples, "workers_rss", lo, run_end, edge)}
+    # The writers create new ids (most of their writes), and each live id is a field of its collection's `docs`
+    # hash: data, which grows with the collection as it must. What must stay flat besides it is the bookkeeping.
+    docs_start, docs_end = docs_bytes(soak.census.get("window_start")), docs_bytes(soak.census.get("load_end"))
+    if docs_start and docs_end:
+        memory["redis_bookkeeping"] = memory_growth(less_live_ids(soak.samples, docs_start, docs_end),
+                                                    "redis_bookkeeping", lo, run_end, edge)
+        memory["redis_bookkeeping"]["docs_mb"] = [round(docs_start[1] / 1e6, 2), round(docs_end[1] / 1e6, 2)]
+        ids = [row["live_ids"] for row in soak.samples if row.get("live_ids") is not None and lo <= row["t"]
+               <= run_end]
+        memory["live_ids"] = {"start": ids[0], "end": ids[-1]} if ids else {}
     return {
         "t0": t0, "duration_s": cfg.duration_s,
         "http": {"statuses": statuses, "5xx_total": len(fivexx), "503_while_redis_down": len(allowed),
@@ -1347,7 +1381,10 @@ def assertions(cfg: Config, res: dict[str, Any]) -> list[dict[str, Any]]:
           res["ingest"].get("status") == "succeeded",
           f"ingest {res['ingest'].get('status')}; {v['base_sample']['checked']:,} + {v['ingest_sample']['checked']:,} "
           f"checked, {v['base_sample']['problems'] + v['ingest_sample']['problems']} wrong")
-    for key, label in (("api_rss", "API RSS (all API processes)"), ("redis_used_memory", "Redis used_memory")):
+    for key, label in (("api_rss", "API RSS (all API processes)"), ("redis_used_memory", "Redis used_memory"),
+                       ("redis_bookkeeping", "Redis used_memory less the live ids' `docs` fields")):
+        if key not in mem:
+            continue
         m = mem[key]
         growth = m.get("growth")
         note = f", job records kept {cfg.job_ttl} s" if key == "redis_used_memory" else ""
@@ -1432,11 +1469,20 @@ def markdown(res: dict[str, Any]) -> str:
               f"Start and end are the medians of the samples (every 2 s) in the window's first and last "
               f"{mem['edge_s']:.0f} s (a seal period: the log grows between seals and each seal trims it).", "",
               "| | start MB | end MB | max MB | growth |", "|---|---:|---:|---:|---:|"]
-    for key in ("api_rss", "redis_used_memory", "workers_rss"):
+    for key in ("api_rss", "redis_used_memory", "redis_bookkeeping", "workers_rss"):
+        if key not in mem:
+            continue
         mm = mem[key]
         growth = f"{mm['growth']:+.1%}" if "growth" in mm else "-"
         lines.append(f"| {key} | {fmt(mm.get('start_mb'))} | {fmt(mm.get('end_mb'))} | {fmt(mm.get('max_mb'))} | "
                      f"{growth} |")
+    if "redis_bookkeeping" in mem:
+        ids = mem.get("live_ids") or {}
+        lines += ["", f"`redis_bookkeeping` is used_memory less the live ids' fields in the collections' `docs` "
+                  f"hashes (interpolated by the live count between the censuses at the window's start and the "
+                  f"load's end: {mem['redis_bookkeeping']['docs_mb'][0]} → {mem['redis_bookkeeping']['docs_mb'][1]} "
+                  f"MB): the writers' new ids are data that grows with the collection ({ids.get('start', 0):,} → "
+                  f"{ids.get('end', 0):,} live ids over the window)."]
     ret = res.get("job_retention") or {}
     if ret:
         lines += ["", f"Job records: {ret['record_bytes']} B a record + {ret['watchers_bytes']} B for its watchers set "
