@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.status import TERMINAL
+from common.status import TERMINAL, JobStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,7 +128,7 @@ async def _one(session: Any, spec: LoadSpec, body: bytes | None) -> Any:
             raise RequestFailed(f"poll: HTTP {resp.status}: {data[:200]!r}")
         job = orjson.loads(data)
         if job["status"] in TERMINAL:
-            if job["status"] != "succeeded":
+            if job["status"] != JobStatus.SUCCEEDED:
                 raise RequestFailed(f"job {job['status']}: {job.get('error')}")
             return job["result"]
 

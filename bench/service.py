@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 import redis
 
-from common.status import TERMINAL
+from common.status import TERMINAL, JobStatus
 from vecq.stack import Stack
 
 # Automatic seals out of reach: the benchmark seals each collection itself, once, after its ingest, so that every
@@ -143,7 +143,7 @@ class Vecq:
                 job = self.client.get(url, params={"wait": 60}).json()
                 if job["status"] in TERMINAL:
                     break
-            if job["status"] != "succeeded":
+            if job["status"] != JobStatus.SUCCEEDED:
                 raise RuntimeError(f"{what}: job {job['status']}: {job.get('error')}")
             return dict(job.get("result") or {})
         if resp.status_code != 200:

@@ -59,7 +59,7 @@ import redis
 
 from bench import data as bench_data
 from bench.cpu import machine_seconds, tree
-from common.status import TERMINAL
+from common.status import TERMINAL, JobStatus
 from vecq.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -266,9 +266,9 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
                 if status == 202:
                     job_ids.append(orjson.loads(raw)["job_id"])
                     job = await poll(session, job_ids[-1], deadline)
-                    if job is not None and job["status"] == "succeeded":
+                    if job is not None and job["status"] == JobStatus.SUCCEEDED:
                         outcome, lsn = ACKED, job["result"]["lsn"]
-                    elif job is not None and job["status"] in ("failed", "canceled"):
+                    elif job is not None and job["status"] in (JobStatus.FAILED, JobStatus.CANCELED):
                         outcome = FAILED
                         failed_jobs.append({"id": vid, "at": sent, "job": job.get("job_id"),
                                             "status": job["status"], "error": job.get("error")})
@@ -1025,7 +1025,7 @@ def never_delivered(r: redis.Redis, unresolved: list[dict[str, Any]]) -> None:
     after it was sent, and its message neither in the queue nor unacked. kombu's Redis transport pops a message
     (BRPOP), then records it as unacked in a second round trip: a worker SIGKILLed whole in between loses it
     (celery/celery#7950). Nothing in vecq can send it again (the record does not hold the payload)."""
-    waiting = [u for u in unresolved if (u.get("record_at_deadline") or {}).get("status") == "queued"
+    waiting = [u for u in unresolved if (u.get("record_at_deadline") or {}).get("status") == JobStatus.QUEUED
                and not (u.get("record_at_deadline") or {}).get("attempts")]
     if not waiting:
         return
@@ -1092,7 +1092,7 @@ def run(cfg: Config) -> dict[str, Any]:
         soak.start()
         soak.create()
         up = soak.upload(base, "base-", 900)
-        if up.get("status") != "succeeded":
+        if up.get("status") != JobStatus.SUCCEEDED:
             raise RuntimeError(f"initial upload: {up}")
         log(f"initial {cfg.n:,} x {cfg.dim} ({cfg.index}) uploaded in {up['seconds']}s; waiting for its seal")
         settled = soak.settle(900)
@@ -1216,7 +1216,7 @@ def verify(soak: Soak, cfg: Config, drive: dict[str, Any], pool: np.ndarray, bas
            bulk: np.ndarray) -> dict[str, Any]:
     acked = drive["acked"]
     unresolved = {vid: rows for vid, rows in drive["unresolved"].items()}
-    ingested = soak.ingest.get("status") == "succeeded"
+    ingested = soak.ingest.get("status") == JobStatus.SUCCEEDED
     # Expected live ids: the initial rows, the upload, every acknowledged writer id. An id written only by
     # writes of unknown outcome may or may not be there: the count may exceed the exact figure by that many.
     maybe = [vid for vid in unresolved if vid not in acked]
@@ -1378,7 +1378,7 @@ def assertions(cfg: Config, res: dict[str, Any]) -> list[dict[str, Any]]:
           f"{v['stale']['checked']:,} superseded vectors searched, {v['stale']['found']} found")
     check("bulk rows read back (samples of the initial upload and of the ingest)",
           v["base_sample"]["problems"] == 0 and v["ingest_sample"]["problems"] == 0 and
-          res["ingest"].get("status") == "succeeded",
+          res["ingest"].get("status") == JobStatus.SUCCEEDED,
           f"ingest {res['ingest'].get('status')}; {v['base_sample']['checked']:,} + {v['ingest_sample']['checked']:,} "
           f"checked, {v['base_sample']['problems'] + v['ingest_sample']['problems']} wrong")
     for key, label in (("api_rss", "API RSS (all API processes)"), ("redis_used_memory", "Redis used_memory"),
