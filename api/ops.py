@@ -89,13 +89,13 @@ async def collection_states(r: aredis.Redis) -> dict[str, CollectionState]:
     cols = [Collection.from_redis(raw) for raw in records if raw]  # the empty ones were deleted meanwhile
     async with r.pipeline(transaction=False) as pipe:
         for col in cols:
-            wal.queue_stats(pipe, col)
+            await wal.queue_stats(pipe, col)
             segments.queue_read(pipe, col)
         replies = await pipe.execute(raise_on_error=False)
     out: dict[str, CollectionState] = {}
     for i, col in enumerate(cols):
-        count, info, manifest_raw, seal_raw = replies[4 * i: 4 * i + 4]
-        (count, last), (manifest, seal) = wal.parse_stats(count, info), segments.parse_read(manifest_raw, seal_raw)
+        count, lsn, manifest_raw, seal_raw = replies[4 * i: 4 * i + 4]
+        (count, last), (manifest, seal) = wal.parse_stats(count, lsn), segments.parse_read(manifest_raw, seal_raw)
         out[col.name] = CollectionState(col, count, last, manifest.rows, seal.growing_rows, len(manifest.segments))
     return out
 

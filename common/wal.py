@@ -47,7 +47,21 @@ redis.call('HSET', KEYS[3], ARGV[1], lsn)
 return {'ok', lsn}
 """
 
-_APPEND_DELETE = """
+# The stream's last LSN without its entries: XINFO STREAM's reply carries the first and last entries (up to
+# VECQ_WAL_CHUNK_BYTES each), which stay inside Redis this way. '0-0' before the first write.
+_LAST_LSN_LUA = """
+local function last_lsn(key)
+  local info = redis.pcall('XINFO', 'STREAM', key)
+  if type(info) ~= 'table' or info.err then return '0-0' end
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then return info[i + 1] end
+  end
+  return '0-0'
+end
+"""
+_LAST_LSN = _LAST_LSN_LUA + "return last_lsn(KEYS[1])"
+
+_APPEND_DELETE = _LAST_LSN_LUA + """
 if redis.call('HGET', KEYS[4], 'uid') ~= ARGV[2] then return {'gone', ''} end
 local seen = redis.call('HGET', KEYS[3], ARGV[1])
 if seen then return {'dup', seen} end
@@ -59,8 +73,7 @@ local lsn
 if #present > 0 then
   lsn = redis.call('XADD', KEYS[1], '*', 'op', 'del', 'job', ARGV[1], 'ids', cjson.encode(present), 'vec', '')
 else
-  local info = redis.pcall('XINFO', 'STREAM', KEYS[1])
-  lsn = (type(info) == 'table' and info[8]) or '0-0'
+  lsn = last_lsn(KEYS[1])
 end
 redis.call('HSET', KEYS[3], ARGV[1], lsn)
 return {'ok', lsn, tostring(#present)}
@@ -144,11 +157,7 @@ def needs_reload(applied: Lsn, trimmed_to: Lsn) -> bool:
 
 
 def last_lsn(r: redis.Redis, col: Collection) -> Lsn:
-    try:
-        info = r.xinfo_stream(keys.wal(col.name, col.uid))
-    except redis.ResponseError:  # no stream yet
-        return ZERO_LSN
-    return _s(info["last-generated-id"])
+    return _s(r.register_script(_LAST_LSN)(keys=[keys.wal(col.name, col.uid)]))
 
 
 def count(r: redis.Redis, col: Collection) -> int:
@@ -201,20 +210,19 @@ def prune_dedup(r: redis.Redis, col: Collection, upto: Lsn, keep_s: float,
     return removed
 
 
-def queue_stats(pipe: Any, col: Collection) -> None:
-    """Queue the reads of the live count and the last LSN (two replies; parse with parse_stats)."""
+async def queue_stats(pipe: Any, col: Collection) -> None:
+    """Queue, on an asyncio pipeline, the reads of the live count and the last LSN (two replies; parse with
+    parse_stats)."""
     pipe.hlen(keys.docs(col.name, col.uid))
-    pipe.xinfo_stream(keys.wal(col.name, col.uid))
+    await pipe.register_script(_LAST_LSN)(keys=[keys.wal(col.name, col.uid)], client=pipe)
 
 
-def parse_stats(count: Any, info: Any) -> tuple[int, Lsn]:
-    if isinstance(info, Exception):  # no stream yet
-        return int(count), ZERO_LSN
-    return int(count), _s(info["last-generated-id"])
+def parse_stats(count: Any, lsn: Any) -> tuple[int, Lsn]:
+    return int(count), _s(lsn)
 
 
 async def astats(r: aredis.Redis, col: Collection) -> tuple[int, Lsn]:
     """Live count and last LSN, for the API (which reads, never writes, the log)."""
     async with r.pipeline(transaction=False) as pipe:
-        queue_stats(pipe, col)
+        await queue_stats(pipe, col)
         return parse_stats(*await pipe.execute(raise_on_error=False))
