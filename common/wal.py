@@ -35,6 +35,8 @@ class Entry:
     metadata: list[str | None] | None = None  # per row of an "add": a JSON object's text, or None
 
 
+# The docs fields are set 1,000 per HSET: each call is one more command propagated to the AOF, and one per id made
+# the AOF's share of a bulk ingest's part as large as the 4 MB of vectors it carries (measured: 2x the part's time).
 _APPEND_ADD = """
 if redis.call('HGET', KEYS[4], 'uid') ~= ARGV[2] then return {'gone', ''} end
 local seen = redis.call('HGET', KEYS[3], ARGV[1])
@@ -42,7 +44,11 @@ if seen then return {'dup', seen} end
 local ids = cjson.decode(ARGV[3])
 local lsn = redis.call('XADD', KEYS[1], '*', 'op', 'add', 'job', ARGV[1], 'ids', ARGV[3], 'vec', ARGV[4],
                        'meta', ARGV[5])
-for _, id in ipairs(ids) do redis.call('HSET', KEYS[2], id, '') end
+for i = 1, #ids, 1000 do
+  local fields = {}
+  for j = i, math.min(i + 999, #ids) do fields[#fields + 1] = ids[j]; fields[#fields + 1] = '' end
+  redis.call('HSET', KEYS[2], unpack(fields))
+end
 redis.call('HSET', KEYS[3], ARGV[1], lsn)
 return {'ok', lsn}
 """
@@ -63,7 +69,11 @@ if #vec ~= tonumber(ARGV[4]) then return {'short', ''} end
 local ids = cjson.decode(ARGV[3])
 local lsn = redis.call('XADD', KEYS[1], '*', 'op', 'add', 'job', ARGV[1], 'ids', ARGV[3], 'vec', vec,
                        'meta', ARGV[5])
-for _, id in ipairs(ids) do redis.call('HSET', KEYS[2], id, '') end
+for i = 1, #ids, 1000 do
+  local fields = {}
+  for j = i, math.min(i + 999, #ids) do fields[#fields + 1] = ids[j]; fields[#fields + 1] = '' end
+  redis.call('HSET', KEYS[2], unpack(fields))
+end
 redis.call('HSET', KEYS[3], ARGV[1], lsn)
 return {'ok', lsn}
 """
