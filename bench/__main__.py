@@ -34,6 +34,14 @@ def ints(text: str) -> list[int]:
     return [int(x) for x in text.replace(" ", "").split(",") if x]
 
 
+def names(text: str) -> list[str]:
+    out = [x for x in text.replace(" ", "").split(",") if x]
+    unknown = set(out) - {"build", "trained", "speed"}
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown phase(s) {sorted(unknown)}: build, trained, speed")
+    return out
+
+
 def floats(text: str) -> list[float]:
     return [float(x) for x in text.replace(" ", "").split(",") if x]
 
@@ -92,6 +100,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"segments: workers of every phase but memory ({d.seg_build_workers})")
     p.add_argument("--seg-memory-workers", type=int, dest="seg_memory_workers",
                    help=f"segments: workers of the memory phase ({d.seg_memory_workers})")
+    p.add_argument("--seg-phases", type=names, dest="seg_phases",
+                   help="segments: the phases to run, of build (build once, cold start, memory), trained, speed "
+                   "(default: all); a partial run replaces the whole section, so give it its own --out")
     p.add_argument("--quick", action="store_true", help="small sizes and short levels: a smoke run")
     p.add_argument("--render", type=Path, metavar="JSON",
                    help="only rewrite the table, goals and plot of an earlier run's JSON (into --out)")

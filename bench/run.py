@@ -72,6 +72,9 @@ class Config:
     seg_touch_requests: int = 3000  # searches served before the memory is read "after" (bounded by seg_touch_s too)
     seg_touch_s: float = 10.0
     seg_timeout: float = 1800.0  # longest wait for a seal
+    # which phases of the segments section run: build (build once, cold start, memory), trained, speed; a partial
+    # run is for measuring one goal quickly (write it to its own --out: it would replace the whole section)
+    seg_phases: list[str] = field(default_factory=lambda: ["build", "trained", "speed"])
 
 
 def collection_name(spec: str) -> str:

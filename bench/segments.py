@@ -552,10 +552,12 @@ class Segments:
     def go(self) -> dict[str, Any]:
         cfg = self.cfg
         started = time.time()
-        n_max = max(self.hnsw_n, cfg.seg_n, cfg.seg_flat_n)
+        sizes = sorted({n for phase, n in (("build", self.hnsw_n), ("trained", cfg.seg_n), ("speed", cfg.seg_flat_n))
+                        if phase in cfg.seg_phases})
+        n_max = max(sizes)
         say(f"data: {n_max:,} x {cfg.dim} clustered (seed {cfg.seed}), {cfg.queries} queries, exact top-{cfg.k}")
         self.vectors, self.queries = data.clustered(n_max, cfg.dim, cfg.queries, cfg.seed)
-        for n in sorted({self.hnsw_n, cfg.seg_n, cfg.seg_flat_n}):
+        for n in sizes:
             self.truth[n] = data.exact_top_k(self.vectors[:n], self.queries, cfg.k)
         np.save(self.tmp / "vectors.npy", self.vectors)
         np.save(self.tmp / "queries.npy", self.queries)
@@ -565,7 +567,8 @@ class Segments:
             "config": {"hnsw_n": self.hnsw_n, "trained_n": cfg.seg_n, "flat_n": cfg.seg_flat_n, "dim": cfg.dim,
                        "queries": cfg.queries, "k": cfg.k, "ef_search": cfg.ef_search, "nprobe": cfg.seg_nprobe,
                        "trained": list(cfg.seg_trained), "speed_indexes": list(cfg.seg_speed_indexes),
-                       "build_workers": cfg.seg_build_workers, "memory_workers": cfg.seg_memory_workers,
+                       "phases": list(cfg.seg_phases), "build_workers": cfg.seg_build_workers,
+                       "memory_workers": cfg.seg_memory_workers,
                        "api_processes": cfg.api_processes, "levels": list(cfg.seg_levels), "repeats": cfg.repeats,
                        "duration": cfg.duration, "requests": cfg.requests, "warmup": cfg.warmup,
                        "worker_env": self.prod_env}}
@@ -573,15 +576,18 @@ class Segments:
             f"production seal settings {self.prod_env}")
         self.vecq.start(api_env={"VECQ_COALESCE": "1"})
         try:
-            build = out["build_once"] = self.build_once()
-            out["cold_start"] = self.cold_start(build["collection"], "HNSW32")
-            out["memory"] = self.memory(build["collection"], "HNSW32", build["rows"], build["index_file_bytes"],
-                                        int(build["segment"]["bytes"]))
-            self.vecq.delete(build["collection"])
-            self.vecq.restart_workers(self.vecq.worker_env, count=cfg.seg_build_workers)
-            out["trained"] = {spec: self.trained(spec) for spec in cfg.seg_trained}
-            self.vecq.restart_workers(NO_AUTO_SEAL, count=cfg.seg_build_workers)
-            out["speed"] = {spec: self.speed(spec) for spec in cfg.seg_speed_indexes}
+            if "build" in cfg.seg_phases:
+                build = out["build_once"] = self.build_once()
+                out["cold_start"] = self.cold_start(build["collection"], "HNSW32")
+                out["memory"] = self.memory(build["collection"], "HNSW32", build["rows"], build["index_file_bytes"],
+                                            int(build["segment"]["bytes"]))
+                self.vecq.delete(build["collection"])
+                self.vecq.restart_workers(self.vecq.worker_env, count=cfg.seg_build_workers)
+            if "trained" in cfg.seg_phases:
+                out["trained"] = {spec: self.trained(spec) for spec in cfg.seg_trained}
+            if "speed" in cfg.seg_phases:
+                self.vecq.restart_workers(NO_AUTO_SEAL, count=cfg.seg_build_workers)
+                out["speed"] = {spec: self.speed(spec) for spec in cfg.seg_speed_indexes}
         except Exception:
             say("failed; last lines of the stack's logs:\n" + self.vecq.logs())
             raise

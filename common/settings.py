@@ -55,6 +55,13 @@ class Settings(BaseSettings):
 
     # FAISS tuning (applied in each worker child before the first search)
     omp_threads: int = Field(1, ge=1, description="OpenMP threads per worker process.")
+    seal_omp_threads: int = Field(
+        1, ge=0, description="OpenMP threads of the `add` of a seal or a compaction (0: every core). 1 by default: "
+        "on the shared 2-core bench host, under load, 2 threads added IVF1024 rows 1.1-2x slower than one (the "
+        "threads wait on each other when the cores are taken); raise it where the cores are free during seals. "
+        "Training, HNSW adds and searches keep VECQ_OMP_THREADS: FAISS's k-means and HNSW graphs are not "
+        "bit-identical across thread counts, and every build of the same rows must be the same."
+    )
     blas_min_queries: int = Field(
         4, ge=1, description="Flat search uses BLAS from this many queries in one call (faiss.cvar."
         "distance_compute_blas_threshold = this x dim, set per search)."

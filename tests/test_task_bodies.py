@@ -3,6 +3,7 @@ registry over a temp segment store, and the jobs they would enqueue collected in
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from collections.abc import Iterator
@@ -13,13 +14,13 @@ import numpy as np
 import pytest
 import redis
 
-from common import collections, jobs, keys
+from common import blobs, collections, formats, jobs, keys, wal
 from common.celery_app import SEAL
 from common.codec import encode_vectors
 from common.errors import InvalidInput, NotFound
 from common.settings import Settings
 from vecq.stack import Stack
-from worker import runner, tasks
+from worker import ingest, runner, tasks
 from worker.registry import Registry
 from worker.state import ProcessState
 
@@ -295,3 +296,42 @@ def test_a_finished_write_batch_is_never_run_again(st: ProcessState) -> None:
         jobs.finish_members(pipe, search_batch, [], reply_to=None, started_at=0.0, worker="test-1", hold_s=5)
         pipe.execute()
     assert not st.r.exists(keys.delivery(search_batch))
+
+
+@pytest.mark.parametrize("segment_bytes", [64, 1 << 20])
+def test_upload_parts_copied_by_redis_log_what_loaded_parts_log(st: ProcessState, monkeypatch: pytest.MonkeyPatch,
+                                                                  segment_bytes: int) -> None:
+    """A part of a checked float32 .npy has Redis copy its rows into the log (tasks.add_copied, never loading them);
+    a float64 one loads, converts and sends them (tasks.add). Both log the same ids, vectors and metadata, in the
+    same entries, whether or not a part's bytes straddle the blob's segments (64 bytes: every row does)."""
+    data = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
+    logged = {}
+    real_load = ingest.load
+    for dtype in ("<f4", "<f8"):
+        def load(*args: Any, _dtype: str = dtype, **kwargs: Any) -> Any:
+            assert _dtype != "<f4", "a float32 part loaded its rows"
+            return real_load(*args, **kwargs)
+
+        monkeypatch.setattr(ingest, "load", load)
+        name = new_name()
+        tasks.create_collection(st, uuid.uuid4().hex, name=name, dim=4)
+        col = collections.get(st.r, name)
+        buf = io.BytesIO()
+        np.save(buf, data.astype(dtype))
+        raw = buf.getvalue()
+        layout = formats.npy_layout(raw, complete=True)
+        assert layout is not None
+        parent = uuid.uuid4().hex
+        jobs.create(st.r, parent, "ingest", name, ttl=600, total=10)
+        blob = blobs.put(st.r, raw, ttl=600, segment_bytes=segment_bytes, format="npy", offset=layout.offset,
+                         dtype=dtype, rows=10, cols=4, parts=2)
+        for rows in ([0, 6], [6, 10]):
+            out = tasks.add(st, ingest.child_id(parent, rows[0]), collection=name, uid=col.uid, blob=blob, rows=rows,
+                            parent=parent, id_prefix="", chunk_rows=4)
+            assert out["count"] == rows[1] - rows[0]
+        _, entries = wal.read_after(st.r, col, "0-0", 64)
+        logged[dtype] = [(e.op, e.ids, e.vectors, e.metadata) for e in entries]
+        assert jobs.public(jobs.get(st.r, parent) or {})["status"] == "succeeded"
+    assert logged["<f4"] == logged["<f8"]
+    assert [len(ids) for _, ids, _, _ in logged["<f4"]] == [4, 2, 4]
+    assert b"".join(v for _, _, v, _ in logged["<f4"]) == data.tobytes()

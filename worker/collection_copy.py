@@ -74,7 +74,7 @@ class CollectionCopy:
 
     def _bury(self, ids: list[str]) -> None:
         """Mark the live rows of `ids` dead, wherever they are (an id is live in one place at most)."""
-        rest = [vid for vid in ids if not self.growing.bury(vid)]
+        rest = self.growing.bury_many(ids)
         for segment in reversed(self.sealed):
             if not rest:
                 return

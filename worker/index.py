@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -231,13 +233,31 @@ def trained_empty(dim: int, metric: str, spec: str, vectors: np.ndarray, sample_
     return index
 
 
-def build(template: faiss.Index, vectors: np.ndarray) -> faiss.Index:
-    """A segment's index: a copy of the (trained) empty template with all its rows added in one call."""
+def build(template: faiss.Index, vectors: np.ndarray, threads: int = 0) -> faiss.Index:
+    """A segment's index: a copy of the (trained) empty template with all its rows added in one call, on
+    `threads` OpenMP threads (0: every core) if the result does not depend on them. An HNSW graph does (threads
+    insert nodes in whatever order they get to them), and a seal redone after a crash must build the same graph:
+    HNSW keeps this thread's count."""
     index = faiss.clone_index(template)
     reseed_hnsw(index, 0)
     if len(vectors):
-        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        parallel = not isinstance(innermost(index), faiss.IndexHNSW)
+        count = (threads or os.cpu_count() or 1) if parallel else faiss.omp_get_max_threads()
+        with openmp_threads(count):
+            index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     return index
+
+
+@contextmanager
+def openmp_threads(threads: int) -> Iterator[None]:
+    """Run FAISS on `threads` OpenMP threads for a while (this thread only: faiss.omp_set_num_threads sets the
+    calling thread's count), then back to what it was: the searches after a seal keep VECQ_OMP_THREADS."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def flat(dim: int, metric: str) -> faiss.IndexFlat:

@@ -227,6 +227,37 @@ def load(st: state.ProcessState, col: Collection, blob_id: str, rows: list[int] 
                 metadata=formats.table_metadata(table, st.settings.max_metadata_bytes))
 
 
+@dataclass(frozen=True)
+class Source:
+    """Rows [start, end) of a checked .npy upload whose bytes go into the log as they are: where they are."""
+
+    blob: blobs.Blob
+    layout: formats.NpyLayout
+    start: int
+    end: int
+
+    def ranges(self, start: int, end: int) -> list[tuple[str, int, int]]:
+        """The blob's byte ranges of rows [start, end) (numbered in the upload)."""
+        at = self.layout.offset
+        return list(self.blob.ranges(at + start * self.layout.row_bytes, at + end * self.layout.row_bytes))
+
+
+def copyable(st: state.ProcessState, col: Collection, blob_id: str, rows: list[int]) -> Source | None:
+    """The rows of a part whose bytes are already what the log stores, so Redis can copy them itself: a .npy of
+    little-endian float32 whose values were checked (the API checks them as they stream in, else the parent did,
+    before any part was sent) into a collection that stores vectors as given (cosine normalizes them). None for
+    anything else: the part then loads its rows (load)."""
+    if col.metric == "cosine" or len(rows) != 2 or not 0 <= rows[0] < rows[1]:
+        return None
+    blob = blobs.info(st.r, blob_id)
+    if blob.attrs.get("format") != "npy" or blob.attrs.get("dtype") != "<f4" or "offset" not in blob.attrs:
+        return None
+    layout = formats.NpyLayout(offset=int(blob.attrs["offset"]), dtype=np.dtype("<f4"),
+                               rows=int(blob.attrs["rows"]), cols=int(blob.attrs["cols"]))
+    formats.check_npy(layout, col.dim)
+    return Source(blob, layout, rows[0], min(rows[1], layout.rows))
+
+
 def parent_over(st: state.ProcessState, parent: str) -> bool:
     """The parent already ended (failed, canceled, or finished by a duplicate): nothing left to do."""
     raw = jobs.get(st.r, parent)

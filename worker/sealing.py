@@ -58,13 +58,32 @@ def template(store: Path, col: Collection, copy: CollectionCopy, manifest: Manif
                                                                                 max(sample_rows, kind.train_rows)))
 
 
+class Stages:
+    """Seconds spent in each step of a seal, in order, for its log line and result: which one to work on."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._mark = time.perf_counter()
+
+    def done(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + now - self._mark, 3)
+        self._mark = now
+
+    def text(self) -> str:
+        return " ".join(f"{stage}={seconds:.3f}" for stage, seconds in self.seconds.items())
+
+
 def write_segment(store: Path, col: Collection, tmpl: Template, rows: SegmentRows, first_lsn: str,
-                  lsn: str) -> SegmentInfo:
+                  lsn: str, threads: int = 0, stages: Stages | None = None) -> SegmentInfo:
+    stages = stages or Stages()
     started = time.perf_counter()
-    index = build(tmpl.index, rows.vectors)
+    index = build(tmpl.index, rows.vectors, threads)
+    stages.done("add")
     segment_id = segments.new_segment_id()
     path, size = segment_files.write(store, col, segment_id, index, rows)
     _, mapped = read_back(str(path / "index.faiss"))
+    stages.done("write")
     return SegmentInfo(id=segment_id, first_lsn=first_lsn, lsn=lsn, rows=len(rows.ids), deleted=len(rows.deleted),
                        bytes=size, spec=col.index, mapped=mapped, built_at=round(time.time(), 3),
                        build_s=round(time.perf_counter() - started, 3))
@@ -73,35 +92,42 @@ def write_segment(store: Path, col: Collection, tmpl: Template, rows: SegmentRow
 def seal(r: Any, settings: Settings, registry: Registry, store: Path, col: Collection) -> dict[str, Any]:
     """Seal the growing part of `col`. The caller holds the seal lock (not the compaction's)."""
     started = time.perf_counter()
+    stages = Stages()
     copy = registry.ready(col, "strong")
     manifest, lsn = copy.manifest, copy.applied
     result: dict[str, Any] = {"lsn": lsn, "sealed_lsn": manifest.sealed_lsn, "segments": len(manifest.segments)}
     if lsn == manifest.sealed_lsn:
         finish_trim(r, settings, store, col, manifest)  # the step a killed job may have missed, repeated
         return {**result, "sealed": False, "reason": "nothing written since the newest seal"}
+    stages.done("read_log")
     ids, vectors, metadata = copy.growing.live_rows()
     deleted = sorted(copy.growing.deleted)
+    stages.done("rows")
     tmpl = template(store, col, copy, manifest, vectors, settings.train_sample_rows)
+    stages.done("train")
     if tmpl is None:
         return {**result, "sealed": False, "reason": f"index {col.index!r} needs {copy.kind.train_rows:,} rows to "
                 f"train, the collection has {len(ids):,}: they stay searchable, exactly, in the growing segment"}
     info = None
     if ids or (deleted and manifest.segments):
         info = write_segment(store, col, tmpl, SegmentRows(ids, vectors, deleted, metadata), manifest.sealed_lsn,
-                             lsn)
+                             lsn, settings.seal_omp_threads, stages)
     try:
         committed = segments.commit_onto(r, col, lambda current: segments.after_seal(
             current, manifest, info, lsn, tmpl.name, tmpl.rows))
     except NotFound:  # deleted while we built: its purge may have run already, so its files are ours to remove
         segment_files.remove(store, col)
         raise
+    stages.done("commit")
     finish_trim(r, settings, store, col, committed)
+    stages.done("trim")
     seconds = time.perf_counter() - started
     segments.sealed(r, col, copy.growing.written_rows)
-    log.info("sealed collection=%s lsn=%s rows=%d deleted=%d segment=%s seconds=%.3f", col.name, lsn, len(ids),
-             len(deleted), info.id if info else None, seconds)
+    log.info("sealed collection=%s lsn=%s rows=%d deleted=%d segment=%s seconds=%.3f %s", col.name, lsn, len(ids),
+             len(deleted), info.id if info else None, seconds, stages.text())
     return {**result, "sealed": True, "sealed_lsn": lsn, "segments": len(committed.segments),
-            "segment": info.id if info else None, "rows": len(ids), "seconds": round(seconds, 3)}
+            "segment": info.id if info else None, "rows": len(ids), "seconds": round(seconds, 3),
+            "stages": stages.seconds}
 
 
 @dataclass(frozen=True)
@@ -136,7 +162,7 @@ def build_merge(settings: Settings, registry: Registry, store: Path, col: Collec
     # dead by a write after `base` (in the growing part, or a seal committed while this one builds) is dropped
     # or buried by that newer write: either way the merged segment stays older than every write that follows.
     info = write_segment(store, col, tmpl, SegmentRows(ids, vectors, [], metadata), manifest.segments[0].first_lsn,
-                         manifest.segments[-1].lsn) if ids else None
+                         manifest.segments[-1].lsn, settings.seal_omp_threads) if ids else None
     return Merge(manifest, info, dead)
 
 

@@ -163,6 +163,10 @@ def add(st: state.ProcessState, job_id: str, *, collection: str, vectors: list[l
     if parent is not None and ingest.parent_over(st, parent):
         return {"skipped": "the ingest job this part belongs to has ended"}
     col = resolve(st, collection, uid)
+    if parent is not None and blob is not None and rows is not None and ids is None and metadata is None:
+        source = ingest.copyable(st, col, blob, rows)
+        if source is not None:
+            return add_copied(st, job_id, col, source, parent, id_prefix, id_start, chunk_rows)
     meta_json: list[str | None] | None = None
     vids, metas, first_row = ids, metadata, 0
     if blob is not None:
@@ -201,6 +205,25 @@ def add(st: state.ProcessState, job_id: str, *, collection: str, vectors: list[l
     if n <= IDS_IN_RESULT_MAX:
         result["ids"] = vids
     return result
+
+def add_copied(st: state.ProcessState, job_id: str, col: Collection, source: ingest.Source, parent: str,
+               id_prefix: str | None, id_start: int, chunk_rows: int | None) -> dict[str, Any]:
+    """A part of a bulk ingest whose rows Redis copies from the upload into the log (ingest.copyable): the same
+    entries, ids and dedup records as `add` makes, without the rows' round trip through this worker."""
+    n = source.end - source.start
+    vids = check_ids(ingest.row_ids(parent, id_prefix, id_start, source.start, n), n, st.settings.max_id_length)
+    per_entry = int(chunk_rows) if chunk_rows else rows_per_wal_entry(st.settings.wal_chunk_bytes, col.dim)
+    lsn = "0-0"
+    for chunk, start in enumerate(range(0, n, per_entry)):
+        end = min(n, start + per_entry)
+        first, last = source.start + start, source.start + end
+        lsn = wal.append_add_copied(st.r, col, f"{job_id}:{chunk}", vids[start:end], source.ranges(first, last),
+                                    (last - first) * source.layout.row_bytes, [None] * (end - start))
+    rows = [source.start, source.end]
+    finished = ingest.part_done(st, col, parent, source.blob.id, rows, n)
+    maybe_seal(st, col, n, hold=not finished)  # as add: an upload is sealed once, when its last part lands
+    return {"count": n, "lsn": lsn}
+
 
 @task(INGEST, "ingest")
 def ingest_upload(st: state.ProcessState, job_id: str, *, collection: str, blob: str, uid: str | None = None,
