@@ -206,6 +206,7 @@ def add(st: state.ProcessState, job_id: str, *, collection: str, vectors: list[l
         result["ids"] = vids
     return result
 
+
 def add_copied(st: state.ProcessState, job_id: str, col: Collection, source: ingest.Source, parent: str,
                id_prefix: str | None, id_start: int, chunk_rows: int | None) -> dict[str, Any]:
     """A part of a bulk ingest whose rows Redis copies from the upload into the log (ingest.copyable): the same
