@@ -30,13 +30,18 @@ import redis.asyncio as aredis
 from redis.client import Pipeline
 
 from common import keys
-from common.codec import ZERO_LSN, Lsn
+from common.codec import ZERO_LSN, Lsn, lsn_at_least
 from common.collections import Collection
 from common.errors import Conflict, NotFound
 
 
 class ManifestChanged(Conflict):
     """Another seal or compaction committed first; the caller's view of the segments is stale."""
+
+
+class Superseded(Conflict):
+    """The change no longer applies to the manifest: what it would do is done. Two deliveries of one job can run
+    at once (the first given back while it still ran: its heartbeat missed under load), and take the same lock."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,8 @@ def after_seal(current: Manifest, base: Manifest, segment: SegmentInfo | None, s
     """`current` with the seal built from `base` on top: `segment` (None: the sealed range held nothing to keep)
     appended, `sealed_lsn` moved. Seals hold the seal lock, so only a compaction can have committed since `base`."""
     if current.sealed_lsn != base.sealed_lsn:
+        if lsn_at_least(current.sealed_lsn, sealed_lsn):
+            raise Superseded(f"another seal committed up to {current.sealed_lsn} while this one ran", None)
         raise ManifestChanged(f"another seal committed up to {current.sealed_lsn} while this one ran", None)
     return replace(current, sealed_lsn=sealed_lsn, trained=trained, trained_rows=trained_rows,
                    segments=current.segments + ((segment,) if segment else ()))
@@ -181,7 +188,7 @@ def after_merge(current: Manifest, base: Manifest, merged: SegmentInfo | None) -
     only append, so they come after the merged ones, in log order, and stay."""
     n = len(base.segments)
     if current.segments[:n] != base.segments:
-        raise ManifestChanged("the merged segments changed while the compaction ran", None)
+        raise Superseded("the segments this compaction merged were merged by another meanwhile", None)
     return replace(current, segments=((merged,) if merged else ()) + current.segments[n:])
 
 

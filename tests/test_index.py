@@ -244,7 +244,9 @@ def test_a_seal_and_a_compaction_commit_onto_each_other_in_either_order() -> Non
     assert merged_then == sealed_then == Manifest(gen=4, sealed_lsn="3-0", segments=(merged, s3))
     assert segments.after_merge(base, base, None).segments == ()  # nothing live left in them
     assert segments.after_seal(base, base, None, "3-0", None, 0).segments == (s1, s2)  # a range with nothing to keep
-    with pytest.raises(segments.ManifestChanged):  # another seal moved sealed_lsn: this one's range is stale
+    with pytest.raises(segments.Superseded):  # a twin delivery sealed as far already: nothing left to do
         segments.after_seal(sealed_first, base, s3, "3-0", None, 0)
-    with pytest.raises(segments.ManifestChanged):  # the segments it merged are gone (merged by another)
+    with pytest.raises(segments.ManifestChanged):  # another seal moved sealed_lsn, not as far: this one is stale
+        segments.after_seal(sealed_first, base, _info("s4", "2-0", "4-0"), "4-0", None, 0)
+    with pytest.raises(segments.Superseded):  # the segments it merged are gone (merged by a twin)
         segments.after_merge(merged_first, base, merged)

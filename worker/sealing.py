@@ -118,6 +118,8 @@ def seal(r: Any, settings: Settings, registry: Registry, store: Path, col: Colle
     except NotFound:  # deleted while we built: its purge may have run already, so its files are ours to remove
         segment_files.remove(store, col)
         raise
+    except segments.Superseded as exc:  # its unlisted files go with the next sweep
+        return {**result, "sealed": False, "reason": exc.message}
     stages.done("commit")
     finish_trim(r, settings, store, col, committed)
     stages.done("trim")
@@ -179,7 +181,10 @@ def compact(r: Any, settings: Settings, registry: Registry, store: Path, col: Co
     if merge is None:
         return {"compacted": False, "reason": "one segment without dead rows",
                 "segments": len(registry.ready(col, "strong").sealed)}
-    committed = commit_merge(r, store, col, merge)
+    try:
+        committed = commit_merge(r, store, col, merge)
+    except segments.Superseded as exc:
+        return {"compacted": False, "reason": exc.message, "segments": len(merge.base.segments)}
     seconds = time.perf_counter() - started
     rows = merge.merged.rows if merge.merged else 0
     log.info("compacted collection=%s segments=%d->%d rows=%d dropped=%d seconds=%.3f", col.name,
