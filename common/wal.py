@@ -19,10 +19,11 @@ import redis
 import redis.asyncio as aredis
 from redis.client import Pipeline
 
-from common import keys
+from common import keys, scripts
 from common.codec import ZERO_LSN, Lsn, lsn_at_least, lsn_key
 from common.collections import Collection
 from common.errors import NotFound
+from common.scripts import Lua
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Entry:
     metadata: list[str | None] | None = None  # per row of an "add": a JSON object's text, or None
 
 
-_APPEND_ADD = """
+_APPEND_ADD = Lua("""
 if redis.call('HGET', KEYS[4], 'uid') ~= ARGV[2] then return {'gone', ''} end
 local seen = redis.call('HGET', KEYS[3], ARGV[1])
 if seen then return {'dup', seen} end
@@ -45,9 +46,9 @@ local lsn = redis.call('XADD', KEYS[1], '*', 'op', 'add', 'job', ARGV[1], 'ids',
 for _, id in ipairs(ids) do redis.call('HSET', KEYS[2], id, '') end
 redis.call('HSET', KEYS[3], ARGV[1], lsn)
 return {'ok', lsn}
-"""
+""")
 
-_APPEND_DELETE = """
+_APPEND_DELETE = Lua("""
 if redis.call('HGET', KEYS[4], 'uid') ~= ARGV[2] then return {'gone', ''} end
 local seen = redis.call('HGET', KEYS[3], ARGV[1])
 if seen then return {'dup', seen} end
@@ -64,7 +65,7 @@ else
 end
 redis.call('HSET', KEYS[3], ARGV[1], lsn)
 return {'ok', lsn, tostring(#present)}
-"""
+""")
 
 
 def _s(value: bytes | str) -> str:
@@ -84,7 +85,7 @@ def data_keys(col: Collection) -> list[str]:
 def append_add(r: redis.Redis, col: Collection, write_id: str, ids: Sequence[str], vectors: bytes,
                metadata: Sequence[str | None]) -> Lsn:
     """Append one chunk of upserts. `write_id` (job:chunk) makes the append happen at most once."""
-    reply = r.register_script(_APPEND_ADD)(keys=_keys(col), args=[
+    reply = _APPEND_ADD(r, keys=_keys(col), args=[
         write_id, col.uid, json.dumps(list(ids)), vectors, json.dumps(list(metadata))])
     if _s(reply[0]) == "gone":
         raise NotFound(f"collection {col.name!r} was deleted", "name")
@@ -95,12 +96,11 @@ def append_adds(r: redis.Redis, col: Collection,
                 chunks: Sequence[tuple[str, Sequence[str], bytes, Sequence[str | None]]]) -> list[Lsn]:
     """Append several chunks of upserts (write_id, ids, vectors, metadata), in order, in one round trip: the
     writes of a coalesced batch (api/writer.py). Each chunk is deduplicated by its own write_id, as above."""
-    with r.pipeline(transaction=False) as pipe:  # the pipeline loads the script if Redis lost it
-        script = pipe.register_script(_APPEND_ADD)
+    with r.pipeline(transaction=False) as pipe:
         for write_id, ids, vectors, metadata in chunks:
-            script(keys=_keys(col), args=[write_id, col.uid, json.dumps(list(ids)), vectors,
-                                          json.dumps(list(metadata))], client=pipe)
-        replies = pipe.execute()
+            _APPEND_ADD.queue(pipe, keys=_keys(col), args=[write_id, col.uid, json.dumps(list(ids)), vectors,
+                                                           json.dumps(list(metadata))])
+        replies = scripts.execute(pipe)  # loads the script if Redis lost it
     if any(_s(reply[0]) == "gone" for reply in replies):
         raise NotFound(f"collection {col.name!r} was deleted", "name")
     return [_s(reply[1]) for reply in replies]
@@ -108,7 +108,7 @@ def append_adds(r: redis.Redis, col: Collection,
 
 def append_delete(r: redis.Redis, col: Collection, write_id: str, ids: Sequence[str]) -> tuple[Lsn, int]:
     """Tombstone ids. Returns the LSN and how many of them existed (a repeated job reports 0 found)."""
-    reply = r.register_script(_APPEND_DELETE)(keys=_keys(col), args=[write_id, col.uid, json.dumps(list(ids))])
+    reply = _APPEND_DELETE(r, keys=_keys(col), args=[write_id, col.uid, json.dumps(list(ids))])
     if _s(reply[0]) == "gone":
         raise NotFound(f"collection {col.name!r} was deleted", "name")
     return _s(reply[1]), int(reply[2]) if len(reply) > 2 else 0
@@ -155,19 +155,19 @@ def count(r: redis.Redis, col: Collection) -> int:
     return int(r.hlen(keys.docs(col.name, col.uid)))
 
 
-_TRIM = """
+_TRIM = Lua("""
 if redis.call('HGET', KEYS[3], 'uid') ~= ARGV[2] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('XTRIM', KEYS[2], 'MINID', ARGV[1])
 return 1
-"""
+""")
 
 
 def trim(r: redis.Redis, col: Collection, upto: Lsn) -> None:
     """Forget entries before `upto`, which sealed segments cover. The mark is set first, so a reader never
     misses a gap: it either sees entries still there or the mark that sends it to the segments. Only while the
     collection is this incarnation: a seal finishing after a delete must not leave a trim key behind."""
-    r.register_script(_TRIM)(keys=[keys.trim(col.name, col.uid), keys.wal(col.name, col.uid),
+    _TRIM(r, keys=[keys.trim(col.name, col.uid), keys.wal(col.name, col.uid),
                                    keys.collection(col.name)], args=[upto, col.uid])
 
 

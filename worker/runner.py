@@ -20,7 +20,7 @@ import redis.exceptions
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from common import jobs, stats
+from common import jobs, scripts, stats
 from common.errors import ErrorDict, InvalidInput, Poisoned, TimedOut, VecqError
 from common.status import JobStatus
 from worker import app, state
@@ -211,12 +211,12 @@ def run_batch(fn: Function, batch_id: str, inputs: dict[str, Any]) -> None:
     duration_ms = (time.perf_counter() - started) * 1000
 
     def finish() -> None:
-        with st.r.pipeline(transaction=False) as pipe:  # the pipeline loads its script if Redis lost it
+        with st.r.pipeline(transaction=False) as pipe:  # scripts.execute: no SCRIPT EXISTS, loads it if lost
             jobs.finish_members(pipe, batch_id, outcomes, reply_to=reply_to, started_at=started_at, worker=st.worker,
                                 hold_s=hold_s, keep_done_s=st.settings.redelivery_window_s if fn.batch_once else None)
             stats.add_jobs(pipe, [(fn.job_type, JobStatus.FAILED if e else JobStatus.SUCCEEDED, duration_ms / 1000)
                                   for _, _, e in outcomes])
-            pipe.execute()
+            scripts.execute(pipe)
 
     through_outage(finish, batch_id, "finish")
     failed = sum(1 for _, _, e in outcomes if e is not None)
