@@ -325,11 +325,47 @@ return 'run'
 """)
 
 
+class Unclaimed(Exception):
+    """Raised by DeliveryClaim.require: this delivery must not run (skipped or poisoned); its runner knows why."""
+
+
+class DeliveryClaim:
+    """The claim of one delivery of a batch message (see claim_delivery), made alone (`run`) or queued on the
+    batch's first round trip of its own (`queue`, then `settle` with its reply): a lone search's catch-up read
+    carries it, one round trip instead of two (worker/registry.py). Either way it is made before anything of
+    the batch runs that could kill its worker."""
+
+    def __init__(self, batch_id: str, *, max_attempts: int, ttl: int) -> None:
+        self.batch_id = batch_id
+        self.max_attempts = max_attempts
+        self.ttl = ttl
+        self.outcome: Claim | None = None  # None until made
+
+    def queue(self, pipe: redis.client.Pipeline) -> None:
+        """Queue the claim (one reply, for `settle`); the pipeline must run through scripts.execute."""
+        _DELIVERY.queue(pipe, keys=[keys.delivery(self.batch_id)], args=[self.max_attempts, self.ttl])
+
+    def settle(self, reply: Any) -> Claim:
+        self.outcome = Claim(_text(reply))
+        return self.outcome
+
+    def run(self, r: redis.Redis) -> Claim:
+        """The claim's outcome, made now in a round trip of its own unless it rode on one already."""
+        if self.outcome is None:
+            self.settle(_DELIVERY(r, keys=[keys.delivery(self.batch_id)], args=[self.max_attempts, self.ttl]))
+        assert self.outcome is not None
+        return self.outcome
+
+    def require(self, r: redis.Redis) -> None:
+        """Go on only if this delivery may run (Unclaimed otherwise)."""
+        if self.run(r) is not Claim.RUN:
+            raise Unclaimed(self.outcome)
+
+
 def claim_delivery(r: redis.Redis, batch_id: str, *, max_attempts: int, ttl: int) -> Claim:
     """Count a delivery of a batch message: past max_attempts (each delivery killed its worker) it is poison; a
     batch kept `done` (finish_members with keep_done) is skipped."""
-    out = _DELIVERY(r, keys=[keys.delivery(batch_id)], args=[max_attempts, ttl])
-    return Claim(out.decode() if isinstance(out, bytes) else out)
+    return DeliveryClaim(batch_id, max_attempts=max_attempts, ttl=ttl).run(r)
 
 
 # KEYS: the batch's outcomes hash, then each member's record and watchers keys. ARGV: started_at, finished_at,
