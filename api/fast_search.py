@@ -18,6 +18,7 @@ import math
 import re
 from typing import Any
 
+import orjson
 import pydantic
 from starlette.datastructures import State
 from starlette.responses import JSONResponse, Response
@@ -107,9 +108,32 @@ async def _read(receive: Receive) -> tuple[bytes | None, list[Message]]:
 def _parse(body: bytes) -> SearchRequest | None:
     """The request if the route would accept it as is; None if it has something to say about it."""
     try:
-        return SearchRequest.model_validate(loads(body))
+        return SearchRequest.model_validate(_loads(body))
     except (json.JSONDecodeError, pydantic.ValidationError):
         return None
+
+
+KEY_END = re.compile(rb'"\s*:')  # where a key ends; also an escaped quote before a colon in a string, so never fewer
+
+
+def _loads(body: bytes) -> Any:
+    """api/strict_json.py's `loads`, a few times faster for a search body: orjson refuses NaN and Infinity as the
+    strict parser does, but keeps the last of duplicate keys. So its result stands only if it has as many keys as
+    the body has key ends (a duplicate would leave fewer); anything else is judged by the strict parser."""
+    try:
+        value = orjson.loads(body)
+        same = _keys(value) == len(KEY_END.findall(body))
+    except (orjson.JSONDecodeError, RecursionError):  # deeper than Python recurses: the strict parser says so
+        same = False
+    return value if same else loads(body)
+
+
+def _keys(value: Any) -> int:
+    if isinstance(value, dict):
+        return len(value) + sum(_keys(v) for v in value.values() if isinstance(v, dict | list))
+    if isinstance(value, list):
+        return sum(_keys(v) for v in value if isinstance(v, dict | list))
+    return 0
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

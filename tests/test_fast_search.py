@@ -82,3 +82,18 @@ def test_unknown_collection_and_metrics_label(api: httpx.Client) -> None:
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found", resp.text
     metrics = api.get("/metrics").text
     assert 'handler="/v1/collections/{name}/search",method="POST",status="404"' in metrics
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"vector": [0,0,0,0,0,0,0,0], "k": 1, "k": 2}',  # a duplicate orjson would keep quietly
+    b'{"vector": [0,0,0,0,0,0,0,0], "params": {"nprobe": 1, "nprobe": 2}}',
+    b'{"vector": [0,0,0,0,0,0,0,NaN]}',
+    b'{"vector": [0,0,0,0,0,0,0,Infinity]}',
+    b'{"vector": [0,0,0,0,0,0,0,0], "filter": {"tag": "a\\":b"}}',  # a key end inside a string: never fewer
+    b'{"vector": [0,0,0,0,0,0,0,0], "filter": ' + b'[' * 5000 + b']' * 5000 + b'}',
+])
+def test_the_strict_parser_still_judges(api: httpx.Client, name: str, raw: bytes) -> None:
+    headers = {"content-type": "application/json"}
+    fast = api.post(f"/v1/collections/{name}/search?wait=30", content=raw, headers=headers)
+    routed = api.post(f"/v1/collections/{name}/search?wait=30&other=1", content=raw, headers=headers)
+    assert comparable(fast) == comparable(routed), (fast.text, routed.text)
