@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import (
@@ -72,6 +73,9 @@ class HttpMetrics:
         self.app = app
         self.requests = requests
         self.latency = latency
+        # Each label set's two series, looked up once: `labels()` checks and locks on every call. Bounded: route
+        # templates (or "none") x methods x statuses.
+        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,8 +96,11 @@ class HttpMetrics:
             handler = _handler(scope)
             if handler not in EXCLUDED:
                 labels = (handler, scope["method"], str(status))
-                self.requests.labels(*labels).inc()
-                self.latency.labels(*labels).observe(max(time.perf_counter() - started, 0.0))
+                series = self._series.get(labels)
+                if series is None:
+                    series = self._series[labels] = (self.requests.labels(*labels), self.latency.labels(*labels))
+                series[0].inc()
+                series[1].observe(max(time.perf_counter() - started, 0.0))
 
 
 def _handler(scope: Scope) -> str:
