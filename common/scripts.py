@@ -7,7 +7,8 @@ more round trip per search batch and per write batch. Here the digest is compute
 and a script Redis lost (a restart empties its script cache) is loaded when Redis says NOSCRIPT, then run again.
 
 In a pipeline (`Lua.queue` + `execute`), the other commands have already run when Redis answers NOSCRIPT: only
-the scripts that failed are run again, after them. So a pipeline must not rely on a script running before the
+the scripts that failed are run again, after them (a MULTI block that Redis refuses whole, EXECABORT, is sent
+again whole once its scripts are loaded). So a pipeline must not rely on a script running before the
 plain commands queued after it (none does: the finishes publish and count what their script recorded).
 """
 
@@ -62,8 +63,19 @@ _BY_SHA: dict[str, Lua] = {}
 def execute(pipe: Pipeline) -> list[Any]:
     """`pipe.execute()` for a pipeline that carries `Lua.queue`d scripts: no SCRIPT EXISTS before it. Replies in
     order; the first error is raised, as redis-py does, once every script Redis did not know has run."""
-    stack = [args for args, _options in pipe.command_stack]
-    replies = pipe.execute(raise_on_error=False)
+    queued = list(pipe.command_stack)
+    stack = [args for args, _options in queued]
+    try:
+        replies = pipe.execute(raise_on_error=False)
+    except redis.exceptions.NoScriptError:
+        # Refused while queued in MULTI (a server that looks scripts up then): EXECABORT, nothing ran. Load every
+        # script of the pipeline and send it all again.
+        client = redis.Redis(connection_pool=pipe.connection_pool)
+        for sha in {str(args[1]) for args in stack if str(args[0]).upper() == "EVALSHA"}:
+            client.script_load(_BY_SHA[sha].source)
+        for args, options in queued:
+            pipe.execute_command(*args, **options)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        replies = pipe.execute(raise_on_error=False)
     missing = [i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
     if missing:
         client = redis.Redis(connection_pool=pipe.connection_pool)

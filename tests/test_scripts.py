@@ -53,3 +53,30 @@ def test_a_pipeline_still_raises_other_errors(r: redis.Redis) -> None:
                 scripts.execute(pipe)
     finally:
         r.delete(key)
+
+
+def test_a_transaction_refused_whole_is_sent_again_whole(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that looks a script up when it is queued in MULTI (so refuses the block: EXECABORT, nothing ran)
+    is simulated here: the first execute raises NOSCRIPT as redis-py does then."""
+    key, other = f"test:scripts:{uuid.uuid4().hex}", f"test:scripts:{uuid.uuid4().hex}"
+    real = redis.client.Pipeline.execute
+    calls = []
+
+    def refuse_once(self: redis.client.Pipeline, raise_on_error: bool = True) -> list[object]:
+        calls.append(len(self.command_stack))
+        if len(calls) == 1:
+            self.reset()
+            raise redis.exceptions.NoScriptError("No matching script. Please use EVAL.")
+        return real(self, raise_on_error)
+
+    try:
+        r.script_flush()
+        monkeypatch.setattr(redis.client.Pipeline, "execute", refuse_once)
+        with r.pipeline(transaction=True) as pipe:
+            _INCR.queue(pipe, keys=[key], args=[5])
+            pipe.incr(other)
+            assert scripts.execute(pipe) == [5, 1]
+        assert calls == [2, 2]
+    finally:
+        monkeypatch.undo()
+        r.delete(key, other)
