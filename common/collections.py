@@ -73,7 +73,7 @@ def create(r: redis.Redis, col: Collection, max_collections: int, owner: str = "
     fields = [x for kv in col.to_redis().items() for x in kv] + ["created_by", owner]
     assert fields[0] == "name"  # ARGV[3] above is the name
     outcome = _CREATE(r, keys=[keys.collection(col.name), keys.COLLECTIONS],
-                                         args=[max_collections, *fields])
+                      args=[max_collections, *fields])
     outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
     if outcome == "mine":
         return get(r, col.name)
@@ -133,5 +133,5 @@ async def aremove(r: aredis.Redis, col: Collection, data_keys: list[str]) -> boo
     """Drop the record and the collection's data keys together, only if it is still this incarnation
     (uid): a delete racing a re-create never removes the new one. Workers then forget their copies."""
     removed = await _REMOVE(r, keys=[keys.collection(col.name), *data_keys],
-                                               args=[col.uid, keys.COLLECTIONS, col.name])
+                            args=[col.uid, keys.COLLECTIONS, col.name])
     return bool(removed)

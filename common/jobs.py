@@ -195,7 +195,7 @@ return redis.call('HGETALL', KEYS[1])
 async def awatch(r: aredis.Redis, job_id: str, channel: str) -> dict[str, str] | None:
     """Register a waiter and read the record in one step (no lost wake-up between the two)."""
     flat = await _WATCH(r, keys=[keys.job(job_id), keys.job_watchers(job_id)],
-                                          args=[channel, TERMINAL_ARG])
+                        args=[channel, TERMINAL_ARG])
     return None if flat is None else _decode(dict(zip(flat[::2], flat[1::2], strict=True)))
 
 
@@ -258,7 +258,7 @@ def finish(r: redis.Redis, job_id: str, *, result: Any = None, error: ErrorDict 
     payload = json.dumps(value, separators=(",", ":"))
     message = json.dumps({"job_id": job_id, "status": status, field: value}, separators=(",", ":"))
     done = _FINISH(r, keys=[keys.job(job_id), keys.job_watchers(job_id)],
-                                      args=[status, _now(), field, payload, message, TERMINAL_ARG])
+                   args=[status, _now(), field, payload, message, TERMINAL_ARG])
     return bool(done)
 
 
@@ -277,7 +277,7 @@ async def acancel(r: aredis.Redis, job_id: str) -> str | None:
     """Cancel a job still queued. Returns the status it had if it was no longer queued, None if unknown."""
     message = json.dumps({"job_id": job_id, "status": JobStatus.CANCELED, "error": Canceled("job canceled").to_dict()})
     out = await _CANCEL(r, keys=[keys.job(job_id), keys.job_watchers(job_id)],
-                                           args=[_now(), message, JobStatus.QUEUED, JobStatus.CANCELED])
+                        args=[_now(), message, JobStatus.QUEUED, JobStatus.CANCELED])
     return None if out is None else (out.decode() if isinstance(out, bytes) else out)
 
 
@@ -509,7 +509,7 @@ async def amember_record(r: aredis.Redis, job_id: str, batch_id: str | None, col
     fields["submitted_at"] = f"{submitted_at:.6f}"
     outcomes = keys.batch_outcomes(batch_id) if batch_id else ""
     await _MEMBER_RECORD(r, keys=[keys.job(job_id), outcomes, keys.RECENT_JOBS],
-                                            args=[ttl, RECENT_MAX, *[x for kv in fields.items() for x in kv]])
+                         args=[ttl, RECENT_MAX, *[x for kv in fields.items() for x in kv]])
 
 
 def _text(value: bytes | str) -> str:

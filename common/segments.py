@@ -135,7 +135,7 @@ return gen + 1
 def commit(r: redis.Redis, col: Collection, expected: Manifest, new: Manifest) -> Manifest:
     """Replace the manifest `expected` (as read) with `new`; returns `new` with its generation."""
     gen = int(_REPLACE(r, keys=[keys.segments(col.name, col.uid), keys.collection(col.name)],
-                                          args=[expected.gen, new.body(), col.uid]))
+                       args=[expected.gen, new.body(), col.uid]))
     if gen == -1:
         raise NotFound(f"collection {col.name!r} was deleted", "name")
     if gen == -2:
@@ -160,7 +160,7 @@ def lock(r: redis.Redis, col: Collection, ttl_s: int, owner: str, defer: bool = 
     take back the lock its killed first delivery held. `defer` (a seal): refused, it leaves its request to the
     holder, in the same step, so that the holder's `settled` requests the seal again."""
     return bool(_LOCK(r, keys=[keys.seal_lock(col.name, col.uid), keys.seal_state(col.name, col.uid)],
-                                         args=[owner, ttl_s, "1" if defer else "0"]))
+                      args=[owner, ttl_s, "1" if defer else "0"]))
 
 
 def unlock(r: redis.Redis, col: Collection, owner: str) -> None:
@@ -189,7 +189,7 @@ def note_writes(r: redis.Redis, col: Collection, rows: int, seal_at_rows: int, s
     """Add `rows` to the growing part's count; True if the caller should enqueue a seal now. A request older than
     `stale_s` (its job lost with its worker) no longer holds the place."""
     return bool(_NOTE(r, keys=[keys.seal_state(col.name, col.uid), keys.collection(col.name)],
-                                         args=[rows, seal_at_rows, f"{time.time():.3f}", stale_s, col.uid]))
+                      args=[rows, seal_at_rows, f"{time.time():.3f}", stale_s, col.uid]))
 
 
 _SEALED = Lua("""
@@ -206,7 +206,7 @@ def sealed(r: redis.Redis, col: Collection, covered_rows: int) -> None:
     counted twice by note_writes, so the count is clamped at 0 rather than trusted to reach it exactly. (When and
     how long each seal took is in the manifest, per segment.)"""
     _SEALED(r, keys=[keys.seal_state(col.name, col.uid), keys.collection(col.name)],
-                               args=[col.uid, covered_rows])
+            args=[col.uid, covered_rows])
 
 
 _SETTLE = Lua("""

@@ -168,7 +168,7 @@ def trim(r: redis.Redis, col: Collection, upto: Lsn) -> None:
     misses a gap: it either sees entries still there or the mark that sends it to the segments. Only while the
     collection is this incarnation: a seal finishing after a delete must not leave a trim key behind."""
     _TRIM(r, keys=[keys.trim(col.name, col.uid), keys.wal(col.name, col.uid),
-                                   keys.collection(col.name)], args=[upto, col.uid])
+                    keys.collection(col.name)], args=[upto, col.uid])
 
 
 def length(r: redis.Redis, col: Collection) -> int:
