@@ -71,9 +71,27 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(cls(str(exc.detail), field), getattr(exc, "headers", None))
 
 
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError)
+
+
+def redis_down() -> JSONResponse:
+    return error_response(errors.Unavailable("Redis is unavailable; retry shortly"))
+
+
+def handled(exc: Exception) -> JSONResponse | None:
+    """The answer the app's handlers give `exc` (a VecqError, Redis down), for code that runs outside them (a
+    pure ASGI middleware: api/fast_search.py); None for anything else, left to the app's last resort."""
+    if isinstance(exc, VecqError):
+        return error_response(exc)
+    if isinstance(exc, REDIS_DOWN):
+        log.warning("redis unavailable: %s", exc)
+        return redis_down()
+    return None
+
+
 async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
     log.warning("redis unavailable: %s", exc)
-    return error_response(errors.Unavailable("Redis is unavailable; retry shortly"))
+    return redis_down()
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -85,7 +103,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(VecqError, _vecq_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(redis.exceptions.ConnectionError, _redis_down)
-    app.add_exception_handler(redis.exceptions.TimeoutError, _redis_down)
-    app.add_exception_handler(kombu.exceptions.OperationalError, _redis_down)
+    for down in REDIS_DOWN:
+        app.add_exception_handler(down, _redis_down)
     app.add_exception_handler(Exception, _unexpected)

@@ -13,7 +13,9 @@ from redis.backoff import ExponentialBackoff
 from api import errors, metrics
 from api.auth import KeyCheck, load_keys
 from api.catalog import CollectionCache
+from api.deps import WAIT_MAX_S
 from api.dispatch import Dispatcher
+from api.fast_search import FastSearch
 from api.limits import BodyLimits
 from api.routes import collections, console, health, jobs, ops, search, vectors
 from api.searcher import Searcher
@@ -61,7 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = make_celery(settings)
     app.state.api_keys = load_keys(settings)
     errors.install(app)
-    # Added last = runs first: the key is checked before the body limits, and both before any body is read.
+    # Added last = runs first: the key is checked before the body limits, and both before any body is read; then
+    # a valid search is answered without FastAPI's per-request work, anything else goes to the routes.
+    app.add_middleware(FastSearch, state=app.state, wait_max_s=WAIT_MAX_S)
     app.add_middleware(BodyLimits, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(KeyCheck, keys=app.state.api_keys)
     app.state.metrics_registry = metrics.instrument(app)  # outermost: counts every request, 401s too

@@ -87,15 +87,14 @@ async def collection_states(r: aredis.Redis) -> dict[str, CollectionState]:
             pipe.hgetall(keys.collection(name))
         records = await pipe.execute()
     cols = [Collection.from_redis(raw) for raw in records if raw]  # the empty ones were deleted meanwhile
+    stats = await wal.astats_many(r, cols)
     async with r.pipeline(transaction=False) as pipe:
         for col in cols:
-            await wal.queue_stats(pipe, col)
             segments.queue_read(pipe, col)
         replies = await pipe.execute(raise_on_error=False)
     out: dict[str, CollectionState] = {}
-    for i, col in enumerate(cols):
-        count, lsn, manifest_raw, seal_raw = replies[4 * i: 4 * i + 4]
-        (count, last), (manifest, seal) = wal.parse_stats(count, lsn), segments.parse_read(manifest_raw, seal_raw)
+    for i, (col, (count, last)) in enumerate(zip(cols, stats, strict=True)):
+        manifest, seal = segments.parse_read(*replies[2 * i: 2 * i + 2])
         out[col.name] = CollectionState(col, count, last, manifest.rows, seal.growing_rows, len(manifest.segments))
     return out
 

@@ -3,9 +3,10 @@
 Every hop of a search batch leaves a command in Redis, stamped by the server's clock (the same clock as
 `time.time()` on this machine), and each names the batch: the API's LPUSH of the Celery message (headers `id`),
 the worker main process's QoS pipeline (HSET of the message into `unacked`), the worker child's claim (EVALSHA on
-`vecq:delivery:<id>`), its WAL catch-up (the next command on that connection), the finish (SCRIPT EXISTS and
-EVALSHA on `vecq:batch:<id>`) and the reply (PUBLISH of `{"batch": "<id>", ...}`). With the client's own stamps
-around each request, the differences are the stages. MONITOR slows Redis a little (every command is copied to
+`vecq:delivery:<id>`), its WAL catch-up (the next command on that connection: the same MULTI block when the
+claim rides on it), the finish (EVALSHA on `vecq:batch:<id>`, after SCRIPT EXISTS if the client sends one) and
+the reply (PUBLISH of `{"batch": "<id>", ...}`). With the client's own stamps around each request, the
+differences are the stages. MONITOR slows Redis a little (every command is copied to
 the monitoring client), so the section measures it in a pass of its own and reports that pass's p50 beside the
 clean one.
 
@@ -165,9 +166,9 @@ STAGES = [  # (key, label, from hop, to hop); "sent" and "received" are the clie
      "sent", "lpush"),
     ("broker", "broker → worker main (BRPOP wakes, kombu decodes, QoS pipeline)", "lpush", "qos"),
     ("handoff", "prefork hand-off (QoS round trip, pipe to the child, Celery's trace, claim sent)", "qos", "claim"),
-    ("claim", "claim (EVALSHA round trip, registry lookup)", "claim", "catch_up"),
-    ("work", "catch-up round trip + decode + search + encode", "catch_up", "finish"),
-    ("finish", "finish (SCRIPT EXISTS + EVALSHA pipeline, PUBLISH)", "finish", "publish"),
+    ("claim", "claim round trip, if not folded into the catch-up's (then about 0)", "claim", "catch_up"),
+    ("work", "catch-up round trip (carrying the claim) + decode + search + encode", "catch_up", "finish"),
+    ("finish", "finish (EVALSHA pipeline, PUBLISH)", "finish", "publish"),
     ("reply", "reply → API wakes → response → client", "publish", "received"),
 ]
 

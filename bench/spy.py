@@ -61,12 +61,12 @@ API_RULES: Rules = [
 # A Celery worker: its main process (consumer) and its pool child (the job).
 WORKER_RULES: Rules = [
     ("heartbeat thread", ("common/heartbeat.py", "worker/lifecycle.py")),
-    ("claim", ("claim_delivery",)),
+    ("claim", ("claim_delivery", "DeliveryClaim")),
     ("catch-up (registry, WAL)", ("worker/registry.py", "common/wal.py")),
     ("search (FAISS + hits)", ("worker/search.py", "worker/index.py", "worker/segment.py",
                                "worker/collection_copy.py")),
     ("decode query", ("decode_vectors", "common/codec.py")),
-    ("finish (encode outcomes, SCRIPT EXISTS + pipeline, PUBLISH)", ("finish_members", "common/jobs.py",
+    ("finish (encode outcomes, EVALSHA pipeline, PUBLISH)", ("finish_members", "common/jobs.py",
                                                                       "common/stats.py", "finish (worker/runner.py")),
     ("job log line", ("logging/", "common/logs.py", "note (worker/runner.py")),
     ("vecq job runner (worker/runner.py, worker/tasks.py)", ("worker/runner.py", "worker/tasks.py")),

@@ -13,6 +13,7 @@ from redis.client import Pipeline
 
 from common import keys
 from common.errors import Conflict, InvalidInput, NotFound
+from common.scripts import Lua
 
 Metric = Literal["l2", "ip", "cosine"]
 METRICS: tuple[str, ...] = ("l2", "ip", "cosine")
@@ -54,7 +55,7 @@ def new_collection(name: str, dim: int, metric: str, index: str) -> Collection:
 
 # Create only if absent and under the limit, in one step: two racing creators get one 201 and one 409. The
 # creating job owns the record: its redelivery (its worker died after the create) finds it made, not a conflict.
-_CREATE = """
+_CREATE = Lua("""
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local owner = ARGV[#ARGV]
   if owner ~= '' and redis.call('HGET', KEYS[1], 'created_by') == owner then return 'mine' end
@@ -64,15 +65,15 @@ if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[1]) then return 'full' end
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('SADD', KEYS[2], ARGV[3])
 return 'ok'
-"""
+""")
 
 
 def create(r: redis.Redis, col: Collection, max_collections: int, owner: str = "") -> Collection:
     """Create `col`; returns the collection as stored (for `owner`'s repeated create, the one it made first)."""
     fields = [x for kv in col.to_redis().items() for x in kv] + ["created_by", owner]
     assert fields[0] == "name"  # ARGV[3] above is the name
-    outcome = r.register_script(_CREATE)(keys=[keys.collection(col.name), keys.COLLECTIONS],
-                                         args=[max_collections, *fields])
+    outcome = _CREATE(r, keys=[keys.collection(col.name), keys.COLLECTIONS],
+                      args=[max_collections, *fields])
     outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
     if outcome == "mine":
         return get(r, col.name)
@@ -120,17 +121,17 @@ async def anames(r: aredis.Redis) -> list[str]:
     return sorted(m.decode() if isinstance(m, bytes) else m for m in await r.smembers(keys.COLLECTIONS))
 
 
-_REMOVE = """
+_REMOVE = Lua("""
 if redis.call('HGET', KEYS[1], 'uid') ~= ARGV[1] then return 0 end
 redis.call('DEL', unpack(KEYS))
 redis.call('SREM', ARGV[2], ARGV[3])
 return 1
-"""
+""")
 
 
 async def aremove(r: aredis.Redis, col: Collection, data_keys: list[str]) -> bool:
     """Drop the record and the collection's data keys together, only if it is still this incarnation
     (uid): a delete racing a re-create never removes the new one. Workers then forget their copies."""
-    removed = await r.register_script(_REMOVE)(keys=[keys.collection(col.name), *data_keys],
-                                               args=[col.uid, keys.COLLECTIONS, col.name])
+    removed = await _REMOVE(r, keys=[keys.collection(col.name), *data_keys],
+                            args=[col.uid, keys.COLLECTIONS, col.name])
     return bool(removed)

@@ -22,6 +22,7 @@ import redis.exceptions
 
 from common import keys
 from common.errors import Canceled, ErrorDict
+from common.scripts import Lua
 from common.status import TERMINAL as TERMINAL
 from common.status import JobStatus
 
@@ -180,7 +181,7 @@ async def arecent(r: aredis.Redis, *, limit: int, may_read: Callable[[str, str |
 # A job's watchers set lives while the job runs: the script that ends the job publishes to it and deletes it, and a
 # job that has ended gets no new watcher (its waiter reads the record). Kept as long as the record, it was 41 % of
 # what a write left in Redis for VECQ_JOB_TTL_S, read by nobody (found by bench/soak.py's census).
-_WATCH = _TERMINAL_PRELUDE + """
+_WATCH = Lua(_TERMINAL_PRELUDE + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not terminal[status] then
@@ -188,18 +189,18 @@ if not terminal[status] then
   redis.call('EXPIRE', KEYS[2], redis.call('TTL', KEYS[1]))
 end
 return redis.call('HGETALL', KEYS[1])
-"""
+""")
 
 
 async def awatch(r: aredis.Redis, job_id: str, channel: str) -> dict[str, str] | None:
     """Register a waiter and read the record in one step (no lost wake-up between the two)."""
-    flat = await r.register_script(_WATCH)(keys=[keys.job(job_id), keys.job_watchers(job_id)],
-                                          args=[channel, TERMINAL_ARG])
+    flat = await _WATCH(r, keys=[keys.job(job_id), keys.job_watchers(job_id)],
+                        args=[channel, TERMINAL_ARG])
     return None if flat is None else _decode(dict(zip(flat[::2], flat[1::2], strict=True)))
 
 
 # A record missing at claim time was submitted straight to Celery (no API): create it so it can be read.
-_CLAIM = _TERMINAL_PRELUDE + """
+_CLAIM = Lua(_TERMINAL_PRELUDE + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   redis.call('HSET', KEYS[1], 'job_id', ARGV[5], 'type', ARGV[6], 'collection', ARGV[7],
@@ -215,7 +216,7 @@ local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if attempts > tonumber(ARGV[3]) then return 'poisoned' end
 redis.call('HSET', KEYS[1], 'status', ARGV[9], 'started_at', ARGV[2], 'worker', ARGV[1])
 return 'run'
-"""
+""")
 
 
 def finished(r: redis.Redis, job_ids: list[str]) -> list[bool]:
@@ -234,20 +235,20 @@ def claim(r: redis.Redis, job_id: str, *, worker: str, max_attempts: int, ttl: i
           collection: str | None, listed: bool = True) -> Claim:
     """Start a delivery of a job. A job sent straight to Celery gets its record here (and, if `listed`, its
     entry in the recent jobs)."""
-    outcome = r.register_script(_CLAIM)(keys=[keys.job(job_id), keys.RECENT_JOBS], args=[
+    outcome = _CLAIM(r, keys=[keys.job(job_id), keys.RECENT_JOBS], args=[
         worker, _now(), max_attempts, ttl, job_id, job_type, collection or "", RECENT_MAX if listed else 0,
         JobStatus.RUNNING, TERMINAL_ARG])
     return Claim(outcome.decode() if isinstance(outcome, bytes) else outcome)
 
 
-_FINISH = _TERMINAL_PRELUDE + """
+_FINISH = Lua(_TERMINAL_PRELUDE + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if terminal[redis.call('HGET', KEYS[1], 'status')] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], ARGV[3], ARGV[4])
 for _, channel in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('PUBLISH', channel, ARGV[5]) end
 redis.call('DEL', KEYS[2])
 return 1
-"""
+""")
 
 
 def finish(r: redis.Redis, job_id: str, *, result: Any = None, error: ErrorDict | None = None) -> bool:
@@ -256,12 +257,12 @@ def finish(r: redis.Redis, job_id: str, *, result: Any = None, error: ErrorDict 
     field, value = ("error", error) if error is not None else ("result", result)
     payload = json.dumps(value, separators=(",", ":"))
     message = json.dumps({"job_id": job_id, "status": status, field: value}, separators=(",", ":"))
-    done = r.register_script(_FINISH)(keys=[keys.job(job_id), keys.job_watchers(job_id)],
-                                      args=[status, _now(), field, payload, message, TERMINAL_ARG])
+    done = _FINISH(r, keys=[keys.job(job_id), keys.job_watchers(job_id)],
+                   args=[status, _now(), field, payload, message, TERMINAL_ARG])
     return bool(done)
 
 
-_CANCEL = """
+_CANCEL = Lua("""
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return nil end
 if status ~= ARGV[3] then return status end
@@ -269,38 +270,38 @@ redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_at', ARGV[1])
 for _, channel in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('PUBLISH', channel, ARGV[2]) end
 redis.call('DEL', KEYS[2])
 return ARGV[4]
-"""
+""")
 
 
 async def acancel(r: aredis.Redis, job_id: str) -> str | None:
     """Cancel a job still queued. Returns the status it had if it was no longer queued, None if unknown."""
     message = json.dumps({"job_id": job_id, "status": JobStatus.CANCELED, "error": Canceled("job canceled").to_dict()})
-    out = await r.register_script(_CANCEL)(keys=[keys.job(job_id), keys.job_watchers(job_id)],
-                                           args=[_now(), message, JobStatus.QUEUED, JobStatus.CANCELED])
+    out = await _CANCEL(r, keys=[keys.job(job_id), keys.job_watchers(job_id)],
+                        args=[_now(), message, JobStatus.QUEUED, JobStatus.CANCELED])
     return None if out is None else (out.decode() if isinstance(out, bytes) else out)
 
 
-_PROGRESS = """
+_PROGRESS = Lua("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 return redis.call('HINCRBY', KEYS[1], 'progress_done', ARGV[1])
-"""
+""")
 
 
 def add_progress(r: redis.Redis, job_id: str, done: int) -> int:
-    return int(r.register_script(_PROGRESS)(keys=[keys.job(job_id)], args=[done]))
+    return int(_PROGRESS(r, keys=[keys.job(job_id)], args=[done]))
 
 
-_SET_PROGRESS = """
+_SET_PROGRESS = Lua("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'progress_done', ARGV[1])
 return 1
-"""
+""")
 
 
 def set_progress(r: redis.Redis, job_id: str, done: int) -> None:
     """Progress as a position, not an increment: a redelivered job that walks its chunks again (finding them
     appended already) reports the same numbers instead of counting them twice."""
-    r.register_script(_SET_PROGRESS)(keys=[keys.job(job_id)], args=[done])
+    _SET_PROGRESS(r, keys=[keys.job(job_id)], args=[done])
 
 
 def set_total(r: redis.Redis, job_id: str, total: int) -> None:
@@ -315,25 +316,61 @@ def set_total(r: redis.Redis, job_id: str, total: int) -> None:
 # waiter that missed the batch's message (its listener was reconnecting) reads its outcome there too
 # (amember_outcome), and the API's lane frees the batch's slot once it sees them (abatch_finished).
 
-_DELIVERY = """
+_DELIVERY = Lua("""
 if redis.call('HEXISTS', KEYS[1], 'done') == 1 then return 'skip' end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 if attempts > tonumber(ARGV[1]) then return 'poisoned' end
 return 'run'
-"""
+""")
+
+
+class Unclaimed(Exception):
+    """Raised by DeliveryClaim.require: this delivery must not run (skipped or poisoned); its runner knows why."""
+
+
+class DeliveryClaim:
+    """The claim of one delivery of a batch message (see claim_delivery), made alone (`run`) or queued on the
+    batch's first round trip of its own (`queue`, then `settle` with its reply): a lone search's catch-up read
+    carries it, one round trip instead of two (worker/registry.py). Either way it is made before anything of
+    the batch runs that could kill its worker."""
+
+    def __init__(self, batch_id: str, *, max_attempts: int, ttl: int) -> None:
+        self.batch_id = batch_id
+        self.max_attempts = max_attempts
+        self.ttl = ttl
+        self.outcome: Claim | None = None  # None until made
+
+    def queue(self, pipe: redis.client.Pipeline) -> None:
+        """Queue the claim (one reply, for `settle`); the pipeline must run through scripts.execute."""
+        _DELIVERY.queue(pipe, keys=[keys.delivery(self.batch_id)], args=[self.max_attempts, self.ttl])
+
+    def settle(self, reply: Any) -> Claim:
+        self.outcome = Claim(_text(reply))
+        return self.outcome
+
+    def run(self, r: redis.Redis) -> Claim:
+        """The claim's outcome, made now in a round trip of its own unless it rode on one already."""
+        if self.outcome is None:
+            self.settle(_DELIVERY(r, keys=[keys.delivery(self.batch_id)], args=[self.max_attempts, self.ttl]))
+        assert self.outcome is not None
+        return self.outcome
+
+    def require(self, r: redis.Redis) -> None:
+        """Go on only if this delivery may run (Unclaimed otherwise)."""
+        if self.run(r) is not Claim.RUN:
+            raise Unclaimed(self.outcome)
 
 
 def claim_delivery(r: redis.Redis, batch_id: str, *, max_attempts: int, ttl: int) -> Claim:
     """Count a delivery of a batch message: past max_attempts (each delivery killed its worker) it is poison; a
     batch kept `done` (finish_members with keep_done) is skipped."""
-    out = r.register_script(_DELIVERY)(keys=[keys.delivery(batch_id)], args=[max_attempts, ttl])
-    return Claim(out.decode() if isinstance(out, bytes) else out)
+    return DeliveryClaim(batch_id, max_attempts=max_attempts, ttl=ttl).run(r)
 
 
 # KEYS: the batch's outcomes hash, then each member's record and watchers keys. ARGV: started_at, finished_at,
 # worker, hold_s, then per member: job_id, status, field, encoded value.
-_FINISH_MEMBERS = _TERMINAL_PRELUDE + """
+_FINISH_MEMBERS = Lua(_TERMINAL_PRELUDE + """
 local started_at, finished_at, worker = ARGV[1], ARGV[2], ARGV[3]
 local outcomes = {}
 for i = 1, (#KEYS - 1) / 2 do
@@ -366,7 +403,7 @@ for i = 1, (#KEYS - 1) / 2 do
   end
 end
 return finished
-"""
+""")
 
 
 def finish_members(pipe: redis.client.Pipeline, batch_id: str, outcomes: list[tuple[dict[str, Any], Any,
@@ -391,9 +428,8 @@ def finish_members(pipe: redis.client.Pipeline, batch_id: str, outcomes: list[tu
         record_keys += [keys.job(job_id), keys.job_watchers(job_id)]
         args += [job_id, status, field, encoded]
     if record_keys:
-        # A Script in a pipeline is loaded by the pipeline itself when Redis lost it (a restart): no NOSCRIPT loop.
-        pipe.register_script(_FINISH_MEMBERS)(keys=[keys.batch_outcomes(batch_id), *record_keys],
-                                              args=[*args, TERMINAL_ARG], client=pipe)
+        # By digest alone: the caller runs the pipeline with scripts.execute, which loads it if Redis lost it.
+        _FINISH_MEMBERS.queue(pipe, keys=[keys.batch_outcomes(batch_id), *record_keys], args=[*args, TERMINAL_ARG])
     if reply_to:
         pipe.publish(keys.job_channel(reply_to), batch_message(batch_id, encoded_outcomes))
     if keep_done_s is None:
@@ -448,7 +484,7 @@ def _dumps(value: Any) -> str:
 # KEYS: the member's record, its batch's outcomes (or "" before the batch left), the recent jobs. ARGV: ttl,
 # RECENT_MAX, then the record's initial fields. Finished already (the batch's outcomes are in): the record is
 # created finished.
-_MEMBER_RECORD = """
+_MEMBER_RECORD = Lua("""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
@@ -462,7 +498,7 @@ if KEYS[2] ~= '' then
   end
 end
 return 1
-"""
+""")
 
 
 async def amember_record(r: aredis.Redis, job_id: str, batch_id: str | None, collection: str, *, ttl: int,
@@ -472,8 +508,8 @@ async def amember_record(r: aredis.Redis, job_id: str, batch_id: str | None, col
     fields = _initial(job_id, job_type, collection, scope, None)
     fields["submitted_at"] = f"{submitted_at:.6f}"
     outcomes = keys.batch_outcomes(batch_id) if batch_id else ""
-    await r.register_script(_MEMBER_RECORD)(keys=[keys.job(job_id), outcomes, keys.RECENT_JOBS],
-                                            args=[ttl, RECENT_MAX, *[x for kv in fields.items() for x in kv]])
+    await _MEMBER_RECORD(r, keys=[keys.job(job_id), outcomes, keys.RECENT_JOBS],
+                         args=[ttl, RECENT_MAX, *[x for kv in fields.items() for x in kv]])
 
 
 def _text(value: bytes | str) -> str:

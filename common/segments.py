@@ -33,6 +33,7 @@ from common import keys
 from common.codec import ZERO_LSN, Lsn, lsn_at_least
 from common.collections import Collection
 from common.errors import Conflict, NotFound
+from common.scripts import Lua
 
 
 class ManifestChanged(Conflict):
@@ -136,19 +137,19 @@ def parse_gen(raw: Any) -> int:
 
 
 # The collection must still be this incarnation, and nobody may have committed since `expected` was read.
-_REPLACE = """
+_REPLACE = Lua("""
 if redis.call('HGET', KEYS[2], 'uid') ~= ARGV[3] then return -1 end
 local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
 if gen ~= tonumber(ARGV[1]) then return -2 end
 redis.call('HSET', KEYS[1], 'gen', gen + 1, 'body', ARGV[2])
 return gen + 1
-"""
+""")
 
 
 def commit(r: redis.Redis, col: Collection, expected: Manifest, new: Manifest) -> Manifest:
     """Replace the manifest `expected` (as read) with `new`; returns `new` with its generation."""
-    gen = int(r.register_script(_REPLACE)(keys=[keys.segments(col.name, col.uid), keys.collection(col.name)],
-                                          args=[expected.gen, new.body(), col.uid]))
+    gen = int(_REPLACE(r, keys=[keys.segments(col.name, col.uid), keys.collection(col.name)],
+                       args=[expected.gen, new.body(), col.uid]))
     if gen == -1:
         raise NotFound(f"collection {col.name!r} was deleted", "name")
     if gen == -2:
@@ -195,13 +196,13 @@ def after_merge(current: Manifest, base: Manifest, merged: SegmentInfo | None) -
 # Held by another owner: refused (a seal refused leaves its request to the holder: `again`, see settled). Held by
 # this owner (a job redelivered after its worker was killed while holding it): taken over, so a crash does not
 # block seals of the collection until the lock expires.
-_LOCK = """
+_LOCK = Lua("""
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('EXPIRE', KEYS[1], ARGV[2]) return 1 end
 if ARGV[3] == '1' then redis.call('HSET', KEYS[2], 'again', 1) end
 return 0
-"""
-_UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+""")
+_UNLOCK = Lua("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
 
 
 LockKind = Literal["seal", "compact"]
@@ -216,19 +217,19 @@ def lock(r: redis.Redis, col: Collection, ttl_s: int, owner: str, defer: bool = 
     """One seal, and one compaction, per collection at a time. `owner` (the job id) lets a redelivery of the same
     job take back the lock its killed first delivery held. `defer` (a seal): refused, it leaves its request to the
     holder, in the same step, so that the holder's `settled` requests the seal again."""
-    return bool(r.register_script(_LOCK)(keys=[lock_key(col, kind), keys.seal_state(col.name, col.uid)],
-                                         args=[owner, ttl_s, "1" if defer else "0"]))
+    return bool(_LOCK(r, keys=[lock_key(col, kind), keys.seal_state(col.name, col.uid)],
+                      args=[owner, ttl_s, "1" if defer else "0"]))
 
 
 def unlock(r: redis.Redis, col: Collection, owner: str, kind: LockKind = "seal") -> None:
-    r.register_script(_UNLOCK)(keys=[lock_key(col, kind)], args=[owner])
+    _UNLOCK(r, keys=[lock_key(col, kind)], args=[owner])
 
 
 # Count the rows written since the newest seal; once they pass the threshold, one caller (and only one until the
 # request is settled or goes stale) is told to enqueue a seal; a caller past the threshold while a request is
 # pending marks it `again` (the pending seal may be running already and miss its rows). Only while the collection
 # is this incarnation.
-_NOTE = """
+_NOTE = Lua("""
 if redis.call('HGET', KEYS[2], 'uid') ~= ARGV[5] then return 0 end
 local rows = redis.call('HINCRBY', KEYS[1], 'rows', ARGV[1])
 if rows < tonumber(ARGV[2]) then return 0 end
@@ -239,47 +240,47 @@ if at and tonumber(ARGV[3]) - tonumber(at) < tonumber(ARGV[4]) then
 end
 redis.call('HSET', KEYS[1], 'requested_at', ARGV[3])
 return 1
-"""
+""")
 
 
 def note_writes(r: redis.Redis, col: Collection, rows: int, seal_at_rows: int, stale_s: float) -> bool:
     """Add `rows` to the growing part's count; True if the caller should enqueue a seal now. A request older than
     `stale_s` (its job lost with its worker) no longer holds the place."""
-    return bool(r.register_script(_NOTE)(keys=[keys.seal_state(col.name, col.uid), keys.collection(col.name)],
-                                         args=[rows, seal_at_rows, f"{time.time():.3f}", stale_s, col.uid]))
+    return bool(_NOTE(r, keys=[keys.seal_state(col.name, col.uid), keys.collection(col.name)],
+                      args=[rows, seal_at_rows, f"{time.time():.3f}", stale_s, col.uid]))
 
 
-_SEALED = """
+_SEALED = Lua("""
 if redis.call('HGET', KEYS[2], 'uid') ~= ARGV[1] then return 0 end
 local left = tonumber(redis.call('HGET', KEYS[1], 'rows') or '0') - tonumber(ARGV[2])
 if left < 0 then left = 0 end
 redis.call('HSET', KEYS[1], 'rows', left)
 return 1
-"""
+""")
 
 
 def sealed(r: redis.Redis, col: Collection, covered_rows: int) -> None:
     """A seal covering `covered_rows` written rows committed: they are no longer growing. Redelivered writes are
     counted twice by note_writes, so the count is clamped at 0 rather than trusted to reach it exactly. (When and
     how long each seal took is in the manifest, per segment.)"""
-    r.register_script(_SEALED)(keys=[keys.seal_state(col.name, col.uid), keys.collection(col.name)],
-                               args=[col.uid, covered_rows])
+    _SEALED(r, keys=[keys.seal_state(col.name, col.uid), keys.collection(col.name)],
+            args=[col.uid, covered_rows])
 
 
-_SETTLE = """
+_SETTLE = Lua("""
 local again = redis.call('HGET', KEYS[1], 'again')
 redis.call('HDEL', KEYS[1], 'requested_at', 'again')
 if not again then return 0 end
 redis.call('HSET', KEYS[1], 'requested_at', ARGV[1])
 return 1
-"""
+""")
 
 
 def settled(r: redis.Redis, col: Collection) -> bool:
     """A seal that held the lock is done: the next write past the threshold may request a seal. True if a seal is
     due that could not be requested or run meanwhile (writes past the threshold while a request was pending, or a
     seal refused the lock): it is requested in the same step, and the caller enqueues it."""
-    return bool(r.register_script(_SETTLE)(keys=[keys.seal_state(col.name, col.uid)], args=[f"{time.time():.3f}"]))
+    return bool(_SETTLE(r, keys=[keys.seal_state(col.name, col.uid)], args=[f"{time.time():.3f}"]))
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,11 @@ import redis
 import redis.asyncio as aredis
 from redis.client import Pipeline
 
-from common import keys
+from common import keys, scripts
 from common.codec import ZERO_LSN, Lsn, lsn_at_least, lsn_key
 from common.collections import Collection
 from common.errors import NotFound
+from common.scripts import Lua
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Entry:
 
 # The docs fields are set 1,000 per HSET: each call is one more command propagated to the AOF, and one per id made
 # the AOF's share of a bulk ingest's part as large as the 4 MB of vectors it carries (measured: 2x the part's time).
-_APPEND_ADD = """
+_APPEND_ADD = Lua("""
 if redis.call('HGET', KEYS[4], 'uid') ~= ARGV[2] then return {'gone', ''} end
 local seen = redis.call('HGET', KEYS[3], ARGV[1])
 if seen then return {'dup', seen} end
@@ -51,11 +52,11 @@ for i = 1, #ids, 1000 do
 end
 redis.call('HSET', KEYS[3], ARGV[1], lsn)
 return {'ok', lsn}
-"""
+""")
 
 # As _APPEND_ADD, but the vectors are copied inside Redis from string ranges (KEYS[5..], ARGV[6..] first and last
 # byte of each) instead of sent: ARGV[4] is their expected length, short if a source expired.
-_APPEND_ADD_COPIED = """
+_APPEND_ADD_COPIED = Lua("""
 if redis.call('HGET', KEYS[4], 'uid') ~= ARGV[2] then return {'gone', ''} end
 local seen = redis.call('HGET', KEYS[3], ARGV[1])
 if seen then return {'dup', seen} end
@@ -76,7 +77,7 @@ for i = 1, #ids, 1000 do
 end
 redis.call('HSET', KEYS[3], ARGV[1], lsn)
 return {'ok', lsn}
-"""
+""")
 
 # The stream's last LSN without its entries: XINFO STREAM's reply carries the first and last entries (up to
 # VECQ_WAL_CHUNK_BYTES each), which stay inside Redis this way. '0-0' before the first write.
@@ -90,9 +91,9 @@ local function last_lsn(key)
   return '0-0'
 end
 """
-_LAST_LSN = _LAST_LSN_LUA + "return last_lsn(KEYS[1])"
+_LAST_LSN = Lua(_LAST_LSN_LUA + "return last_lsn(KEYS[1])")
 
-_APPEND_DELETE = _LAST_LSN_LUA + """
+_APPEND_DELETE = Lua(_LAST_LSN_LUA + """
 if redis.call('HGET', KEYS[4], 'uid') ~= ARGV[2] then return {'gone', ''} end
 local seen = redis.call('HGET', KEYS[3], ARGV[1])
 if seen then return {'dup', seen} end
@@ -108,7 +109,7 @@ else
 end
 redis.call('HSET', KEYS[3], ARGV[1], lsn)
 return {'ok', lsn, tostring(#present)}
-"""
+""")
 
 
 def _s(value: bytes | str) -> str:
@@ -128,7 +129,7 @@ def data_keys(col: Collection) -> list[str]:
 def append_add(r: redis.Redis, col: Collection, write_id: str, ids: Sequence[str], vectors: bytes,
                metadata: Sequence[str | None]) -> Lsn:
     """Append one chunk of upserts. `write_id` (job:chunk) makes the append happen at most once."""
-    reply = r.register_script(_APPEND_ADD)(keys=_keys(col), args=[
+    reply = _APPEND_ADD(r, keys=_keys(col), args=[
         write_id, col.uid, json.dumps(list(ids)), vectors, json.dumps(list(metadata))])
     if _s(reply[0]) == "gone":
         raise NotFound(f"collection {col.name!r} was deleted", "name")
@@ -144,7 +145,7 @@ def append_add_copied(r: redis.Redis, col: Collection, write_id: str, ids: Seque
     args: list[str | int] = [write_id, col.uid, json.dumps(list(ids)), size, json.dumps(list(metadata))]
     for _, first, last in source:
         args += [first, last]
-    reply = r.register_script(_APPEND_ADD_COPIED)(keys=_keys(col) + [key for key, _, _ in source], args=args)
+    reply = _APPEND_ADD_COPIED(r, keys=_keys(col) + [key for key, _, _ in source], args=args)
     if _s(reply[0]) == "gone":
         raise NotFound(f"collection {col.name!r} was deleted", "name")
     if _s(reply[0]) == "short":
@@ -156,12 +157,11 @@ def append_adds(r: redis.Redis, col: Collection,
                 chunks: Sequence[tuple[str, Sequence[str], bytes, Sequence[str | None]]]) -> list[Lsn]:
     """Append several chunks of upserts (write_id, ids, vectors, metadata), in order, in one round trip: the
     writes of a coalesced batch (api/writer.py). Each chunk is deduplicated by its own write_id, as above."""
-    with r.pipeline(transaction=False) as pipe:  # the pipeline loads the script if Redis lost it
-        script = pipe.register_script(_APPEND_ADD)
+    with r.pipeline(transaction=False) as pipe:
         for write_id, ids, vectors, metadata in chunks:
-            script(keys=_keys(col), args=[write_id, col.uid, json.dumps(list(ids)), vectors,
-                                          json.dumps(list(metadata))], client=pipe)
-        replies = pipe.execute()
+            _APPEND_ADD.queue(pipe, keys=_keys(col), args=[write_id, col.uid, json.dumps(list(ids)), vectors,
+                                                           json.dumps(list(metadata))])
+        replies = scripts.execute(pipe)  # loads the script if Redis lost it
     if any(_s(reply[0]) == "gone" for reply in replies):
         raise NotFound(f"collection {col.name!r} was deleted", "name")
     return [_s(reply[1]) for reply in replies]
@@ -169,7 +169,7 @@ def append_adds(r: redis.Redis, col: Collection,
 
 def append_delete(r: redis.Redis, col: Collection, write_id: str, ids: Sequence[str]) -> tuple[Lsn, int]:
     """Tombstone ids. Returns the LSN and how many of them existed (a repeated job reports 0 found)."""
-    reply = r.register_script(_APPEND_DELETE)(keys=_keys(col), args=[write_id, col.uid, json.dumps(list(ids))])
+    reply = _APPEND_DELETE(r, keys=_keys(col), args=[write_id, col.uid, json.dumps(list(ids))])
     if _s(reply[0]) == "gone":
         raise NotFound(f"collection {col.name!r} was deleted", "name")
     return _s(reply[1]), int(reply[2]) if len(reply) > 2 else 0
@@ -205,26 +205,26 @@ def needs_reload(applied: Lsn, trimmed_to: Lsn) -> bool:
 
 
 def last_lsn(r: redis.Redis, col: Collection) -> Lsn:
-    return _s(r.register_script(_LAST_LSN)(keys=[keys.wal(col.name, col.uid)]))
+    return _s(_LAST_LSN(r, keys=[keys.wal(col.name, col.uid)]))
 
 
 def count(r: redis.Redis, col: Collection) -> int:
     return int(r.hlen(keys.docs(col.name, col.uid)))
 
 
-_TRIM = """
+_TRIM = Lua("""
 if redis.call('HGET', KEYS[3], 'uid') ~= ARGV[2] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('XTRIM', KEYS[2], 'MINID', ARGV[1])
 return 1
-"""
+""")
 
 
 def trim(r: redis.Redis, col: Collection, upto: Lsn) -> None:
     """Forget entries before `upto`, which sealed segments cover. The mark is set first, so a reader never
     misses a gap: it either sees entries still there or the mark that sends it to the segments. Only while the
     collection is this incarnation: a seal finishing after a delete must not leave a trim key behind."""
-    r.register_script(_TRIM)(keys=[keys.trim(col.name, col.uid), keys.wal(col.name, col.uid),
+    _TRIM(r, keys=[keys.trim(col.name, col.uid), keys.wal(col.name, col.uid),
                                    keys.collection(col.name)], args=[upto, col.uid])
 
 
@@ -258,19 +258,26 @@ def prune_dedup(r: redis.Redis, col: Collection, upto: Lsn, keep_s: float,
     return removed
 
 
-async def queue_stats(pipe: Any, col: Collection) -> None:
-    """Queue, on an asyncio pipeline, the reads of the live count and the last LSN (two replies; parse with
-    parse_stats)."""
-    pipe.hlen(keys.docs(col.name, col.uid))
-    await pipe.register_script(_LAST_LSN)(keys=[keys.wal(col.name, col.uid)], client=pipe)
+# The live count and the last LSN of several collections (KEYS: docs and wal of each, in turn): one call for all.
+_STATS = Lua(_LAST_LSN_LUA + """
+local out = {}
+for i = 1, #KEYS, 2 do
+  out[#out + 1] = redis.call('HLEN', KEYS[i])
+  out[#out + 1] = last_lsn(KEYS[i + 1])
+end
+return out
+""")
 
 
-def parse_stats(count: Any, lsn: Any) -> tuple[int, Lsn]:
-    return int(count), _s(lsn)
+async def astats_many(r: aredis.Redis, cols: Sequence[Collection]) -> list[tuple[int, Lsn]]:
+    """Live count and last LSN of each collection, in one round trip however many, for the API (which reads,
+    never writes, the log)."""
+    if not cols:
+        return []
+    flat = await _STATS(r, keys=[key for col in cols for key in (keys.docs(col.name, col.uid),
+                                                                 keys.wal(col.name, col.uid))])
+    return [(int(flat[2 * i]), _s(flat[2 * i + 1])) for i in range(len(cols))]
 
 
 async def astats(r: aredis.Redis, col: Collection) -> tuple[int, Lsn]:
-    """Live count and last LSN, for the API (which reads, never writes, the log)."""
-    async with r.pipeline(transaction=False) as pipe:
-        await queue_stats(pipe, col)
-        return parse_stats(*await pipe.execute(raise_on_error=False))
+    return (await astats_many(r, [col]))[0]

@@ -20,7 +20,7 @@ from api import batches
 from api.dispatch import Dispatcher, Pending, RawResult
 from api.searcher import Searcher
 from api.waiter import RECHECK, JobWaiter
-from common import jobs
+from common import jobs, scripts
 from common.collections import Collection
 from common.errors import TooManyRequests
 from common.schemas import SearchRequest
@@ -306,7 +306,7 @@ def test_a_missed_batch_message_is_made_up_for_from_the_outcomes(redis_url: str)
             with sync.pipeline(transaction=False) as pipe:  # what the worker does, its message going nowhere
                 jobs.finish_members(pipe, batch_id, [({"job_id": members[0]}, {"results": [[]], "lsn": "1-0"}, None)],
                                     reply_to=None, started_at=0.0, worker="w", hold_s=60)
-                pipe.execute()
+                scripts.execute(pipe)
             d.waiter._wake_all(RECHECK)  # what the listener does once it has subscribed again
             result = await asyncio.wait_for(missed, 2)
             assert isinstance(result, RawResult) and json.loads(result.body) == {"results": [[]], "lsn": "1-0"}

@@ -17,7 +17,7 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
-from common import jobs, keys
+from common import jobs, keys, scripts
 from tests.conftest import log_of
 from tests.helpers import add, ids_of, search, wait_job
 from vecq.stack import Stack
@@ -258,7 +258,7 @@ def test_a_shown_member_ends_up_finished_whichever_script_runs_first(r: redis.Re
         with r.pipeline(transaction=False) as pipe:
             jobs.finish_members(pipe, batch_id, [({"job_id": job_id}, result, None)], reply_to=None,
                                 started_at=time.time(), worker="w1", hold_s=60)
-            pipe.execute()
+            scripts.execute(pipe)
 
     def record() -> None:
         async def go() -> None:

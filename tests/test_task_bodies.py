@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import redis
 
-from common import blobs, collections, formats, jobs, keys, wal
+from common import blobs, collections, formats, jobs, keys, scripts, wal
 from common.celery_app import SEAL
 from common.codec import encode_vectors
 from common.errors import InvalidInput, NotFound
@@ -286,7 +286,7 @@ def test_a_finished_write_batch_is_never_run_again(st: ProcessState) -> None:
     with st.r.pipeline(transaction=False) as pipe:
         jobs.finish_members(pipe, batch, [({"job_id": f"m-{batch}"}, {"count": 1}, None)], reply_to=None,
                             started_at=0.0, worker="test-1", hold_s=5, keep_done_s=600)
-        pipe.execute()
+        scripts.execute(pipe)
     assert jobs.claim_delivery(st.r, batch, max_attempts=3, ttl=60) is jobs.Claim.SKIP
     assert jobs.finished(st.r, [batch, "never-seen"]) == [True, False]
     assert 590 < st.r.ttl(keys.delivery(batch)) <= 600
@@ -294,7 +294,7 @@ def test_a_finished_write_batch_is_never_run_again(st: ProcessState) -> None:
     jobs.claim_delivery(st.r, search_batch, max_attempts=3, ttl=60)
     with st.r.pipeline(transaction=False) as pipe:
         jobs.finish_members(pipe, search_batch, [], reply_to=None, started_at=0.0, worker="test-1", hold_s=5)
-        pipe.execute()
+        scripts.execute(pipe)
     assert not st.r.exists(keys.delivery(search_batch))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from common import collections, segments, wal
+from common import collections, jobs, scripts, segments, wal
 from common.codec import Lsn, lsn_at_least
 from common.collections import Collection
 from common.errors import InvalidInput, NotFound
@@ -33,13 +33,17 @@ class Registry:
         self.load_seconds: dict[str, float] = {}
         self._swept_at = time.monotonic()
 
-    def ready(self, col: Collection, consistency: str = "strong", min_lsn: Lsn | None = None) -> CollectionCopy:
+    def ready(self, col: Collection, consistency: str = "strong", min_lsn: Lsn | None = None,
+              claim: jobs.DeliveryClaim | None = None) -> CollectionCopy:
         """This process's copy of `col`, caught up as far as `consistency` asks. `eventual` searches what is
         applied, but never a copy whose last catch-up is older than `eventual_max_lag_s`: so the staleness of
-        an eventual read is bounded even on a collection that only eventual searches read."""
+        an eventual read is bounded even on a collection that only eventual searches read. A `claim` not made
+        yet rides on the catch-up's first round trip, if there is one (the caller checks it either way)."""
         self._maybe_sweep()
         copy = self.held(col.name, col.uid)
         if copy is None:
+            if claim is not None:
+                claim.run(self.r)  # before opening the segments: a load that kills the worker counts too
             return self.load(col)
         if consistency == "eventual" and time.monotonic() - copy.caught_up_at < self.eventual_max_lag_s:
             return copy
@@ -48,7 +52,7 @@ class Registry:
                 raise InvalidInput("consistency 'session' needs min_lsn", "min_lsn")
             if lsn_at_least(copy.applied, min_lsn):
                 return copy
-        copy = self.catch_up(copy)
+        copy = self.catch_up(copy, claim)
         if consistency == "session" and min_lsn and not lsn_at_least(copy.applied, min_lsn):
             raise InvalidInput(f"min_lsn {min_lsn} is beyond the end of the log ({copy.applied})", "min_lsn")
         return copy
@@ -91,17 +95,26 @@ class Registry:
                 manifest = segments.read(self.r, col)
         raise AssertionError("not reached")
 
-    def catch_up(self, copy: CollectionCopy) -> CollectionCopy:
+    def catch_up(self, copy: CollectionCopy, claim: jobs.DeliveryClaim | None = None) -> CollectionCopy:
         """Apply the log after `copy.applied`. A new manifest (a seal or a compaction committed) or a log trimmed
         past this copy opens the new segments and replays the log after them: one round trip when nothing
-        changed, which also checks that the collection still is this incarnation."""
+        changed, which also checks that the collection still is this incarnation, and carries the batch's
+        `claim` if it is not made yet (it is settled before anything is applied)."""
         col, reopened, batch = copy.col, 0, READ_BATCH
         while True:
+            riding = claim is not None and claim.outcome is None
             with self.r.pipeline(transaction=True) as pipe:
+                if riding:
+                    assert claim is not None
+                    claim.queue(pipe)
                 collections.queue_uid(pipe, col.name)
                 segments.queue_gen(pipe, col)
                 wal.queue_tail(pipe, col, copy.applied, batch)
-                uid, gen, trimmed, raw = pipe.execute()
+                replies = scripts.execute(pipe)
+            if riding:
+                assert claim is not None
+                claim.settle(replies.pop(0))
+            uid, gen, trimmed, raw = replies
             if collections.parse_uid(uid) != col.uid:
                 self.forget(col.name)
                 raise NotFound(f"collection {col.name!r} was deleted", "name")

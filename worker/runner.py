@@ -20,7 +20,7 @@ import redis.exceptions
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from common import jobs, stats
+from common import jobs, scripts, stats
 from common.errors import ErrorDict, InvalidInput, Poisoned, TimedOut, VecqError
 from common.status import JobStatus
 from worker import app, state
@@ -68,6 +68,8 @@ class Function:
     # batch(st, batch_id, members=..., **inputs): one result (or VecqError) per member, in order
     batch: Callable[..., list[Any]] | None = None
     batch_once: bool = False  # a finished batch is never run again, even redelivered (writes; searches may)
+    # The batch body takes the batch's `claim` (jobs.DeliveryClaim) and makes it on its first round trip.
+    claim_rides: bool = False
 
     def collection(self, inputs: dict[str, Any]) -> str | None:
         value = inputs.get(self.collection_arg)
@@ -80,13 +82,13 @@ FUNCTIONS: dict[str, Function] = {}
 def task(name: str, job_type: str, *, collection_arg: str = "collection",
          listed: Callable[[dict[str, Any]], bool] | None = None,
          on_fail: OnFail | None = None,
-         batch: Callable[..., list[Any]] | None = None, batch_once: bool = False,
+         batch: Callable[..., list[Any]] | None = None, batch_once: bool = False, claim_rides: bool = False,
          **celery_options: Any) -> Callable[[F], F]:
     """Register `body` as the Celery task `name`; the body itself is returned unchanged, callable without Celery."""
 
     def register(body: F) -> F:
         fn = Function(name, job_type, body, collection_arg, listed or (lambda inputs: True), on_fail, batch,
-                      batch_once)
+                      batch_once, claim_rides)
 
         def run(self: Task, **inputs: Any) -> None:
             if fn.batch is not None and inputs.get("members") is not None:
@@ -122,6 +124,8 @@ def attempt(work: Callable[[], T], job_id: str, what: str) -> tuple[T | None, Er
         return through_outage(work, job_id, what), None
     except VecqError as exc:
         return None, exc.to_dict()
+    except jobs.Unclaimed:
+        return None, None  # the delivery may not run: its claim says why, and the caller reads it
     except SoftTimeLimitExceeded:
         return None, TimedOut("job exceeded its time limit").to_dict()
     except Exception as exc:
@@ -192,16 +196,22 @@ def run_batch(fn: Function, batch_id: str, inputs: dict[str, Any]) -> None:
     members: list[dict[str, Any]] = inputs["members"]
     collection = fn.collection(inputs)
     started_at, started = time.time(), time.perf_counter()
-    claim = through_outage(lambda: jobs.claim_delivery(st.r, batch_id, max_attempts=st.settings.max_attempts,
-                                                       ttl=st.settings.job_ttl_s), batch_id, "claim")
-    if claim is jobs.Claim.SKIP:
+    claim = jobs.DeliveryClaim(batch_id, max_attempts=st.settings.max_attempts, ttl=st.settings.job_ttl_s)
+    if not fn.claim_rides:
+        through_outage(lambda: claim.run(st.r), batch_id, "claim")
+    outcomes: list[tuple[dict[str, Any], Any, Error | None]] = []
+    results: list[Any] | None = None
+    error: Error | None = None
+    if claim.outcome is None or claim.outcome is jobs.Claim.RUN:
+        batch, riding = fn.batch, {"claim": claim} if fn.claim_rides else {}
+        results, error = attempt(lambda: batch(st, batch_id, **riding, **inputs), batch_id, fn.job_type)
+    # The claim's verdict wins, also over an error met before the body made it (then it is made here).
+    verdict = through_outage(lambda: claim.run(st.r), batch_id, "claim")
+    if verdict is jobs.Claim.SKIP:
         return  # finished before: its members had their outcomes then
-    outcomes: list[tuple[dict[str, Any], Any, Error | None]]
-    if claim is jobs.Claim.POISONED:
+    if verdict is jobs.Claim.POISONED:
         outcomes = [(m, None, poisoned(st)) for m in members]
     else:
-        batch = fn.batch
-        results, error = attempt(lambda: batch(st, batch_id, **inputs), batch_id, fn.job_type)
         if results is None:
             outcomes = [(m, None, error) for m in members]
         else:
@@ -211,12 +221,12 @@ def run_batch(fn: Function, batch_id: str, inputs: dict[str, Any]) -> None:
     duration_ms = (time.perf_counter() - started) * 1000
 
     def finish() -> None:
-        with st.r.pipeline(transaction=False) as pipe:  # the pipeline loads its script if Redis lost it
+        with st.r.pipeline(transaction=False) as pipe:  # scripts.execute: no SCRIPT EXISTS, loads it if lost
             jobs.finish_members(pipe, batch_id, outcomes, reply_to=reply_to, started_at=started_at, worker=st.worker,
                                 hold_s=hold_s, keep_done_s=st.settings.redelivery_window_s if fn.batch_once else None)
             stats.add_jobs(pipe, [(fn.job_type, JobStatus.FAILED if e else JobStatus.SUCCEEDED, duration_ms / 1000)
                                   for _, _, e in outcomes])
-            pipe.execute()
+            scripts.execute(pipe)
 
     through_outage(finish, batch_id, "finish")
     failed = sum(1 for _, _, e in outcomes if e is not None)

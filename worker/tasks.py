@@ -311,19 +311,22 @@ def count(st: state.ProcessState, job_id: str, *, collection: str, filter: str |
 def search_batch(st: state.ProcessState, batch_id: str, *, collection: str, vectors_b64: str,
                  members: list[dict[str, Any]], uid: str | None = None, params: dict[str, Any] | None = None,
                  consistency: str = "strong", min_lsn: str | None = None, filter: str | None = None,
-                 **per_request: Any) -> list[dict[str, Any]]:
+                 claim: jobs.DeliveryClaim | None = None, **per_request: Any) -> list[dict[str, Any]]:
     """Searches sent by the API: one or more requests (`members`, each with its own k, offset, ...; the plain
     form's `per_request` values are ignored), answered with one FAISS call: one result per member, in order.
-    worker/runner.py run_batch claims, finishes and reports the batch."""
+    worker/runner.py run_batch hands it the batch's `claim`, which rides on the catch-up read (one round trip
+    for both), and finishes and reports the batch."""
     col = resolve(st, collection, uid)
     where = parse_filter(filter)
-    copy = st.registry.ready(col, consistency, min_lsn)
+    copy = st.registry.ready(col, consistency, min_lsn, claim)
+    if claim is not None:
+        claim.require(st.r)  # before the search: a batch that keeps killing its worker must be counted
     queries = decode_vectors(vectors_b64, col.dim)
     wanted = [Member.from_message(m) for m in members]
     return run_search(copy, queries, wanted, params or {}, limits(st), st.worker, where)
 
 
-@task(SEARCH, "search", batch=search_batch)
+@task(SEARCH, "search", batch=search_batch, claim_rides=True)
 def search(st: state.ProcessState, job_id: str, *, collection: str, vectors_b64: str, k: int = 10,
            uid: str | None = None, params: dict[str, Any] | None = None, include_metadata: bool = False,
            include_vectors: bool = False, consistency: str = "strong", min_lsn: str | None = None,
