@@ -71,7 +71,8 @@ class Stages:
         self._mark = now
 
     def text(self) -> str:
-        return " ".join(f"{stage}={seconds:.3f}" for stage, seconds in self.seconds.items())
+        """`s_read_log=0.123 s_rows=...`: prefixed, so no stage reads as one of the line's own fields (`rows`)."""
+        return " ".join(f"s_{stage}={seconds:.3f}" for stage, seconds in self.seconds.items())
 
 
 def write_segment(store: Path, col: Collection, tmpl: Template, rows: SegmentRows, first_lsn: str,
