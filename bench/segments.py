@@ -288,20 +288,28 @@ class Segments:
         res["_rows"] = {q: [r for r in hits if r >= 0] for q, hits in enumerate(np.load(res.pop("rows_path")).tolist())}
         return res
 
+    def last_seal_s(self, name: str) -> float | None:
+        """The newest seal job of `name` that sealed rows: its own seconds, from its record (the public API)."""
+        listed = self.vecq.client.get("/v1/jobs", params={"collection": name, "type": "seal", "limit": 50})
+        for job in listed.json().get("jobs", []) if listed.status_code == 200 else []:
+            result = self.vecq.client.get(f"/v1/jobs/{job['job_id']}").json().get("result") or {}
+            if result.get("sealed") and result.get("rows"):
+                return float(result["seconds"])
+        return None
+
     def redis_view(self, name: str) -> dict[str, Any]:
-        """From Redis: the collection's uid, the manifest's trained template and the last seal's own seconds."""
-        from common import collections, keys, segments
+        """From Redis: the collection's uid and the manifest's trained template; the last seal's own seconds."""
+        from common import collections, segments
 
         assert self.vecq.stack is not None
         r = redis.Redis.from_url(self.vecq.stack.redis_url or "", decode_responses=True)
         try:
             col = collections.get(r, name)
             manifest = segments.read(r, col)
-            seal = r.hgetall(keys.seal_state(col.name, col.uid))
         finally:
             r.close()
         return {"uid": col.uid, "trained_rows": manifest.trained_rows, "trained": manifest.trained,
-                "seal_s": float(seal["seconds"]) if seal.get("seconds") else None}
+                "seal_s": self.last_seal_s(name)}
 
     def auto_seal_rows(self, spec: str) -> int:
         """Rows from which an upload seals when its last part lands (worker/tasks.py maybe_seal)."""

@@ -72,6 +72,7 @@ def test_quick_segments_section_measures_every_goal_and_merges_into_earlier_resu
     build = seg["build_once"]
     assert build["rows"] == seg["config"]["hnsw_n"] and build["segment"]["rows"] == build["rows"]
     assert build["inprocess"]["add_s"] > 0 and build["seconds_ack_to_all_workers"] > 0
+    assert build["seal_job_s"] > 0  # the seal job's own time, from its record
     assert all(c["mapped_bytes"] > 0 and c["growing_rows"] == 0 for c in build["copies"])
     # The sealed segment is the very index one in-process add of the same rows in log order builds.
     assert build["identical_ids"]["identical"] == build["identical_ids"]["compared"] == queries
@@ -95,6 +96,7 @@ def test_quick_segments_section_measures_every_goal_and_merges_into_earlier_resu
         # Same training sample, same nprobe: the same index, so the same ids.
         assert t["identical_ids"]["identical"] == t["identical_ids"]["compared"] == queries
         assert t["recall_delta"] == 0 and t["train_rows"] == t["rows"] and t["ingest_per_s"] > 0
+        assert t["seal_job_s"] > 0
 
     speed = seg["speed"]["Flat"]
     assert set(speed["ratios"]) == {"1", "64"}
