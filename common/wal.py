@@ -36,30 +36,36 @@ class Entry:
     metadata: list[str | None] | None = None  # per row of an "add": a JSON object's text, or None
 
 
-# The docs fields are set 1,000 per HSET: each call is one more command propagated to the AOF, and one per id made
-# the AOF's share of a bulk ingest's part as large as the 4 MB of vectors it carries (measured: 2x the part's time).
-_APPEND_ADD = Lua("""
-if redis.call('HGET', KEYS[4], 'uid') ~= ARGV[2] then return {'gone', ''} end
-local seen = redis.call('HGET', KEYS[3], ARGV[1])
-if seen then return {'dup', seen} end
-local ids = cjson.decode(ARGV[3])
-local lsn = redis.call('XADD', KEYS[1], '*', 'op', 'add', 'job', ARGV[1], 'ids', ARGV[3], 'vec', ARGV[4],
-                       'meta', ARGV[5])
-for i = 1, #ids, 1000 do
-  local fields = {}
-  for j = i, math.min(i + 999, #ids) do fields[#fields + 1] = ids[j]; fields[#fields + 1] = '' end
-  redis.call('HSET', KEYS[2], unpack(fields))
+# Both adds: refused() is the incarnation and dedup check, append(vec) the entry, its ids in the docs hash and its
+# dedup record. The docs fields are set 1,000 per HSET: each call is one more command propagated to the AOF, and one
+# per id made the AOF's share of a bulk ingest's part as large as the 4 MB of vectors it carries (measured: 2x).
+_ADD_LUA = """
+local function refused()
+  if redis.call('HGET', KEYS[4], 'uid') ~= ARGV[2] then return {'gone', ''} end
+  local seen = redis.call('HGET', KEYS[3], ARGV[1])
+  if seen then return {'dup', seen} end
+  return nil
 end
-redis.call('HSET', KEYS[3], ARGV[1], lsn)
-return {'ok', lsn}
-""")
+local function append(vec)
+  local ids = cjson.decode(ARGV[3])
+  local lsn = redis.call('XADD', KEYS[1], '*', 'op', 'add', 'job', ARGV[1], 'ids', ARGV[3], 'vec', vec,
+                         'meta', ARGV[5])
+  for i = 1, #ids, 1000 do
+    local fields = {}
+    for j = i, math.min(i + 999, #ids) do fields[#fields + 1] = ids[j]; fields[#fields + 1] = '' end
+    redis.call('HSET', KEYS[2], unpack(fields))
+  end
+  redis.call('HSET', KEYS[3], ARGV[1], lsn)
+  return {'ok', lsn}
+end
+"""
+_APPEND_ADD = Lua(_ADD_LUA + "return refused() or append(ARGV[4])")
 
 # As _APPEND_ADD, but the vectors are copied inside Redis from string ranges (KEYS[5..], ARGV[6..] first and last
 # byte of each) instead of sent: ARGV[4] is their expected length, short if a source expired.
-_APPEND_ADD_COPIED = Lua("""
-if redis.call('HGET', KEYS[4], 'uid') ~= ARGV[2] then return {'gone', ''} end
-local seen = redis.call('HGET', KEYS[3], ARGV[1])
-if seen then return {'dup', seen} end
+_APPEND_ADD_COPIED = Lua(_ADD_LUA + """
+local no = refused()
+if no then return no end
 local parts = {}
 for i = 5, #KEYS do
   local j = 6 + 2 * (i - 5)
@@ -67,16 +73,7 @@ for i = 5, #KEYS do
 end
 local vec = table.concat(parts)
 if #vec ~= tonumber(ARGV[4]) then return {'short', ''} end
-local ids = cjson.decode(ARGV[3])
-local lsn = redis.call('XADD', KEYS[1], '*', 'op', 'add', 'job', ARGV[1], 'ids', ARGV[3], 'vec', vec,
-                       'meta', ARGV[5])
-for i = 1, #ids, 1000 do
-  local fields = {}
-  for j = i, math.min(i + 999, #ids) do fields[#fields + 1] = ids[j]; fields[#fields + 1] = '' end
-  redis.call('HSET', KEYS[2], unpack(fields))
-end
-redis.call('HSET', KEYS[3], ARGV[1], lsn)
-return {'ok', lsn}
+return append(vec)
 """)
 
 # The stream's last LSN without its entries: XINFO STREAM's reply carries the first and last entries (up to
