@@ -162,14 +162,14 @@ COMMIT_TRIES = 8  # a seal and a compaction commit a few times a minute at most:
 
 def commit_onto(r: redis.Redis, col: Collection, change: Callable[[Manifest], Manifest]) -> Manifest:
     """Commit `change` applied to the manifest as it is now, read again if another job committed in between."""
-    for _ in range(COMMIT_TRIES - 1):
+    for attempt in range(COMMIT_TRIES):
         current = read(r, col)
         try:
             return commit(r, col, current, change(current))
         except ManifestChanged:
-            continue
-    current = read(r, col)
-    return commit(r, col, current, change(current))
+            if attempt == COMMIT_TRIES - 1:
+                raise
+    raise AssertionError("not reached")
 
 
 def after_seal(current: Manifest, base: Manifest, segment: SegmentInfo | None, sealed_lsn: Lsn,

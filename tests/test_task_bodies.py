@@ -246,7 +246,7 @@ def test_a_seal_runs_while_a_compaction_builds_and_the_compaction_commits_onto_i
     drop("d1", ["a1", "a2"])
     assert tasks.seal(st, "s2", collection=name)["sealed"]
     assert segments.lock(st.r, col, 600, owner="compact-1", kind="compact")  # the compaction job, running
-    merge = sealing.build_merge(st.settings, st.registry, store, col)
+    merge = sealing.build_merge(st.settings, st.registry.ready(col, "strong"), store)
     assert merge is not None and len(merge.base.segments) == 2 and merge.merged is not None
     assert merge.merged.rows == 58
 

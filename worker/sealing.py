@@ -141,10 +141,10 @@ class Merge:
     dropped: int
 
 
-def build_merge(settings: Settings, registry: Registry, store: Path, col: Collection) -> Merge | None:
-    """Merge every sealed segment of `col` into one without dead rows; None if there is nothing to gain."""
-    copy = registry.ready(col, "strong")
-    manifest = copy.manifest
+def build_merge(settings: Settings, copy: CollectionCopy, store: Path) -> Merge | None:
+    """Merge every sealed segment of `copy` (caught up) into one without dead rows; None if there is nothing to
+    gain."""
+    col, manifest = copy.col, copy.manifest
     dead = sum(s.dead_count for s in copy.sealed)
     if len(copy.sealed) < 2 and not dead:
         return None
@@ -178,10 +178,10 @@ def commit_merge(r: Any, store: Path, col: Collection, merge: Merge) -> Manifest
 def compact(r: Any, settings: Settings, registry: Registry, store: Path, col: Collection) -> dict[str, Any]:
     """Merge every sealed segment into one without dead rows. The caller holds the compaction lock."""
     started = time.perf_counter()
-    merge = build_merge(settings, registry, store, col)
+    copy = registry.ready(col, "strong")
+    merge = build_merge(settings, copy, store)
     if merge is None:
-        return {"compacted": False, "reason": "one segment without dead rows",
-                "segments": len(registry.ready(col, "strong").sealed)}
+        return {"compacted": False, "reason": "one segment without dead rows", "segments": len(copy.sealed)}
     try:
         committed = commit_merge(r, store, col, merge)
     except segments.Superseded as exc:
