@@ -105,7 +105,7 @@ def add_batch(st: state.ProcessState, batch_id: str, *, collection: str, vectors
         raise InvalidInput("members do not add up to the rows sent", "members")
     if col.metric == "cosine":
         matrix = normalized(matrix)
-    per_entry = int(chunk_rows) if chunk_rows else rows_per_wal_entry(st.settings.wal_chunk_bytes, col.dim)
+    per_entry = entry_rows(st, col, chunk_rows)
     chunks: list[tuple[list[str], list[int], list[str | None]]] = []  # ids, row numbers, metadata
     in_chunk: set[str] = set()
     planned: list[tuple[int, list[str]] | VecqError] = []  # per member: its last chunk's index and its ids
@@ -190,7 +190,7 @@ def add(st: state.ProcessState, job_id: str, *, collection: str, vectors: list[l
         meta_json = check_metadata(metas, n, st.settings.max_metadata_bytes) if metas is not None else [None] * n
     if col.metric == "cosine":
         matrix = normalized(matrix)
-    per_entry = int(chunk_rows) if chunk_rows else rows_per_wal_entry(st.settings.wal_chunk_bytes, col.dim)
+    per_entry = entry_rows(st, col, chunk_rows)
     lsn = append_chunks(st, col, job_id, vids, matrix, meta_json, parent, per_entry)
     result: dict[str, Any] = {"count": n, "lsn": lsn}
     if parent is not None and blob is not None and rows is not None:
@@ -207,13 +207,19 @@ def add(st: state.ProcessState, job_id: str, *, collection: str, vectors: list[l
     return result
 
 
+def entry_rows(st: state.ProcessState, col: Collection, chunk_rows: int | None) -> int:
+    """Rows per WAL entry: fixed by the submitter (`chunk_rows`), so a redelivery on a worker with another
+    VECQ_WAL_CHUNK_BYTES cuts the same entries; else this worker's setting."""
+    return int(chunk_rows) if chunk_rows else rows_per_wal_entry(st.settings.wal_chunk_bytes, col.dim)
+
+
 def add_copied(st: state.ProcessState, job_id: str, col: Collection, source: ingest.Source, parent: str,
                id_prefix: str | None, id_start: int, chunk_rows: int | None) -> dict[str, Any]:
     """A part of a bulk ingest whose rows Redis copies from the upload into the log (ingest.copyable): the same
     entries, ids and dedup records as `add` makes, without the rows' round trip through this worker."""
     n = source.end - source.start
     vids = check_ids(ingest.row_ids(parent, id_prefix, id_start, source.start, n), n, st.settings.max_id_length)
-    per_entry = int(chunk_rows) if chunk_rows else rows_per_wal_entry(st.settings.wal_chunk_bytes, col.dim)
+    per_entry = entry_rows(st, col, chunk_rows)
     lsn = "0-0"
     for chunk, start in enumerate(range(0, n, per_entry)):
         end = min(n, start + per_entry)
