@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
 import signal
 import threading
@@ -19,7 +20,7 @@ import redis.asyncio as aredis
 
 from common import jobs, keys, scripts
 from tests.conftest import log_of
-from tests.helpers import add, ids_of, search, wait_job
+from tests.helpers import add, ids_of, pool_children, search, wait_job
 from vecq.stack import Stack
 
 
@@ -338,7 +339,7 @@ LOST_SUBSCRIPTION = "job listener lost its subscription"
 
 def test_a_batch_lost_with_its_worker_frees_its_slot_and_the_lane_stays_bounded(new_stack) -> None:  # type: ignore[no-untyped-def]
     """Items 7 and 1: a worker dies whole (main process and pool child: a host lost, an OOM kill of the group)
-    while it runs a batch. Its message stays unacked until Celery's visibility timeout (40 minutes), so the batch
+    while it holds a batch. Its message stays unacked until Celery's visibility timeout (40 minutes), so the batch
     never comes back. (A pool child killed alone is no such loss: Celery requeues its job at once.) The lane's one
     slot is given back once the batch's member has had its 202 (and MIN_SLOT_HOLD_S has passed), not after
     BATCH_DONE_TIMEOUT_S; meanwhile wait=0 searches beyond VECQ_COALESCE_MAX_PENDING get 429 + Retry-After
@@ -346,22 +347,25 @@ def test_a_batch_lost_with_its_worker_frees_its_slot_and_the_lane_stays_bounded(
     stack: Stack = new_stack(workers=1, env={"VECQ_COALESCE_MAX_INFLIGHT": "1", "VECQ_COALESCE_MAX_PENDING": "4"})
     url = stack.api_url or ""
     r = redis.Redis.from_url(stack.redis_url or "")
-    # HNSW: the worker's first search replays every add into its index (about a second here), so the batch
-    # is still running when the worker is killed.
-    _create(url, "lost", 16, index="HNSW32")
-    data = np.random.default_rng(17).standard_normal((20_000, 16)).astype("<f4")
+    _create(url, "lost", 16)
+    data = np.random.default_rng(17).standard_normal((1_000, 16)).astype("<f4")
     buf = io.BytesIO()
     np.save(buf, data)
     with httpx.Client(base_url=url, timeout=60) as client:
         added = client.post("/v1/collections/lost/vectors", params={"wait": 120, "id_prefix": "v"},
                             content=buf.getvalue(), headers={"content-type": "application/x-npy"})
         assert added.status_code == 200, added.text
+        # The pool child is frozen, so the batch its main process takes (moved to Celery's `unacked` hash) is
+        # surely not finished when the group is killed: a search of a growing copy takes milliseconds, and a
+        # kill timed on the batch's start raced its end on a loaded machine.
+        child = pool_children(stack.workers[0].pid)[0]
+        os.kill(child, signal.SIGSTOP)
         first: list[httpx.Response] = []
         searching = threading.Thread(target=lambda: first.append(client.post(
             "/v1/collections/lost/search", params={"wait": 2}, json={"vector": data[0].tolist()})))
         searching.start()
         deadline = time.monotonic() + 30
-        while not any(r.scan_iter(match="vecq:delivery:*")):  # the worker has taken the batch
+        while not r.hlen("unacked"):  # the worker has taken the batch
             assert time.monotonic() < deadline, "the batch was never taken"
             time.sleep(0.002)
         stack.workers[0].signal(signal.SIGKILL)  # the whole process group
