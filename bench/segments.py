@@ -288,14 +288,15 @@ class Segments:
         res["_rows"] = {q: [r for r in hits if r >= 0] for q, hits in enumerate(np.load(res.pop("rows_path")).tolist())}
         return res
 
-    def last_seal_s(self, name: str) -> float | None:
-        """The newest seal job of `name` that sealed rows: its own seconds, from its record (the public API)."""
+    def last_seal(self, name: str) -> dict[str, Any]:
+        """The newest seal job of `name` that sealed rows: its own seconds and its stages' (which one to work on),
+        from its record (the public API)."""
         listed = self.vecq.client.get("/v1/jobs", params={"collection": name, "type": "seal", "limit": 50})
         for job in listed.json().get("jobs", []) if listed.status_code == 200 else []:
             result = self.vecq.client.get(f"/v1/jobs/{job['job_id']}").json().get("result") or {}
             if result.get("sealed") and result.get("rows"):
-                return float(result["seconds"])
-        return None
+                return {"seal_s": float(result["seconds"]), "seal_stages": result.get("stages", {})}
+        return {"seal_s": None, "seal_stages": {}}
 
     def redis_view(self, name: str) -> dict[str, Any]:
         """From Redis: the collection's uid and the manifest's trained template; the last seal's own seconds."""
@@ -309,7 +310,7 @@ class Segments:
         finally:
             r.close()
         return {"uid": col.uid, "trained_rows": manifest.trained_rows, "trained": manifest.trained,
-                "seal_s": self.last_seal_s(name)}
+                **self.last_seal(name)}
 
     def auto_seal_rows(self, spec: str) -> int:
         """Rows from which an upload seals when its last part lands (worker/tasks.py maybe_seal)."""
@@ -366,7 +367,8 @@ class Segments:
             "upload": up["upload"], "seconds_ack_to_sealed": round(up["sealed_at"] - up["acked"], 3),
             "seconds_ack_to_all_workers": round(build_s, 3),
             "seconds_ack_to_first_worker": round(up["first_at"] - up["acked"], 3),
-            "seal_job_s": view["seal_s"], "segment": segment, "index_file_bytes": self.index_file(name, segment),
+            "seal_job_s": view["seal_s"], "seal_stages": view["seal_stages"], "segment": segment,
+            "index_file_bytes": self.index_file(name, segment),
             "copies": copies, "cpu": up["cpu"], "inprocess": base, "ratio": round(ratio, 3),
             "recall": self.recall(rows, n), "recall_inprocess": self.recall(base_rows, n),
             "identical_ids": data.same_ids(rows, base_rows)}
@@ -509,13 +511,15 @@ class Segments:
                "seconds_first_byte_to_first_worker": round(up["first_at"] - up["started"], 3),
                "seconds_upload": round(up["acked"] - up["started"], 3),
                "seconds_ack_to_sealed": round(up["sealed_at"] - up["acked"], 3), "seal_job_s": view["seal_s"],
+               "seal_stages": view["seal_stages"],
                "segments": info["segments"], "ingest_per_s": round(n / seconds, 1), "cpu": up["cpu"],
                "inprocess": base, "recall": self.recall(rows, n), "recall_inprocess": self.recall(base_rows, n),
                "identical_ids": data.same_ids(rows, base_rows)}
         out["recall_delta"] = round(abs(out["recall"] - out["recall_inprocess"]), 6) \
             if out["recall"] is not None and out["recall_inprocess"] is not None else None
         say(f"  first byte -> every worker searching the segment {seconds:.2f} s = {out['ingest_per_s']:,.0f} "
-            f"vectors/s (upload {out['seconds_upload']} s, seal job {view['seal_s']} s; in-process train "
+            f"vectors/s (upload {out['seconds_upload']} s, seal job {view['seal_s']} s {view['seal_stages']}; "
+            f"in-process train "
             f"{base['train_s']} s + add {base['add_s']} s); recall@{self.cfg.k} nprobe {self.cfg.seg_nprobe}: vecq "
             f"{out['recall']}, in-process {out['recall_inprocess']}, identical ids "
             f"{out['identical_ids']['identical']}/{out['identical_ids']['compared']}")
