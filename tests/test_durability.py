@@ -499,6 +499,36 @@ def test_a_job_of_a_worker_killed_whole_runs_again_elsewhere_within_30s(new_stac
     r.close()
 
 
+def test_a_pool_child_killed_while_its_main_process_stalls_runs_its_job_again_once(new_stack) -> None:  # type: ignore[no-untyped-def]
+    """A pool child killed while its main process is too slow to put its job back (a loaded machine; here the
+    main process is stopped): the reaper gives the job back once the child's heartbeat has expired and another
+    worker runs it. When the main process resumes, its own requeue (reject on worker lost) must find nothing to put
+    back: under the same delivery tag it requeued the delivery the other worker was running, and the job ran a
+    third time beside it (`attempts` 3: the twins seen in loaded test runs)."""
+    s = new_stack(workers=2)
+    r = redis.Redis.from_url(s.redis_url or "")
+    producer = make_celery(Settings(redis_url=s.redis_url, queue="vecq"))
+    job_id = uuid.uuid4().hex
+    jobs.create(r, job_id, "sleep", None, ttl=600)
+    producer.send_task("vecq.test.sleep", kwargs={"seconds": 10}, task_id=job_id, queue="vecq")
+    running = wait_for("the job to start", lambda: (x := job(r, job_id))["status"] == "running" and x, 30)
+    child = int(running["worker"].rsplit("-", 1)[1])
+    stalled = main_of(s, child)
+    stalled.signal(signal.SIGSTOP, group=False)
+    try:
+        os.kill(child, signal.SIGKILL)
+        wait_for("the job to run on the other worker",
+                 lambda: (x := job(r, job_id))["worker"] != running["worker"] and x["status"] == "running", 30)
+    finally:
+        stalled.signal(signal.SIGCONT, group=False)
+    wait_for("a new pool child of the resumed worker", lambda: pool_children(stalled.pid) not in ([], [child]), 30)
+    done = wait_for("the job to end", lambda: (x := job(r, job_id))["status"] in jobs.TERMINAL and x, 30)
+    assert done["status"] == "succeeded" and done["attempts"] == 2, done
+    time.sleep(1)  # a third delivery would be claimed by the resumed worker's idle child within milliseconds
+    assert job(r, job_id)["attempts"] == 2 and not r.llen("vecq"), job(r, job_id)
+    r.close()
+
+
 def test_a_job_that_meets_a_redis_restart_still_finishes(new_stack) -> None:  # type: ignore[no-untyped-def]
     """Found by the soak (bench/soak.py), which restarts Redis under load: a job that met Redis gone (its WAL
     append ran but the reply was lost to the shutdown, then its finish found Redis down) raised out of run_job.

@@ -6,9 +6,15 @@ kombu's `unacked` hash until the visibility timeout (the longest job's time limi
 with it. So every worker's heartbeat thread, at most one of them every REAP_EVERY_S across the deployment (the
 `vecq:reaper` lock), gives back through kombu's own `restore_by_tag` the messages no live worker runs:
 
-- a job whose record is `running` on a worker whose heartbeat has expired;
+- a job whose record is `running` on a worker whose heartbeat has expired, in the delivery that worker took;
 - any other unacked message older than ORPHAN_AFTER_S that no live worker claimed (a search batch, which has no
   record, or a job its dead worker had not claimed yet).
+
+A pool child killed alone races this: its Celery main process puts its job back itself (reject on worker lost),
+late on a loaded machine, under the same delivery tag. So a message goes back under a new tag (the old one's
+reject then finds nothing to restore), and only the delivery the dead worker took is given back for it (one
+taken after its claim is Celery's own requeue, held by a live worker that claims it in milliseconds). Either
+way twin deliveries ran a job twice at once (seen in loaded test runs as `attempts` 3 for one kill).
 
 A job that runs again is idempotent by its job id (common/jobs.py claim, the WAL's dedup records), so giving
 back a message that was in fact still alive costs a redelivery, never a double effect.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from typing import Any
 
 import redis
@@ -52,12 +59,31 @@ def orphans(r: redis.Redis, alive: set[str], now: float) -> list[tuple[str, str]
             continue
         record = jobs.public(jobs.get(r, job_id) or {})
         running_on = record.get("worker") if record.get("status") == JobStatus.RUNNING else None
-        if running_on is not None:
+        # Both times are the taking worker's clock for its own delivery (kombu stamps the unacked index when the
+        # main process takes a message; its child claims after that); a later delivery is someone else's.
+        taken_by_claimer = float(since) <= float(record.get("started_at") or 0.0)
+        if running_on is not None and taken_by_claimer:
             if running_on not in alive:
                 out.append((_decoded(tag), job_id))
         elif now - float(since) > ORPHAN_AFTER_S:
             out.append((_decoded(tag), job_id))
     return out
+
+
+def give_back(channel: Channel, tag: str) -> None:
+    """Put an unacked message back at the head of its queue under a new delivery tag (see the module's doc):
+    kombu's restore_by_tag, but the redelivery is not the old tag's any more."""
+    def restore(pipe: Any) -> None:
+        raw = pipe.hget(channel.unacked_key, tag)
+        pipe.multi()
+        channel.qos._remove_from_indices(tag, pipe)
+        if raw:
+            message, exchange, routing_key = json.loads(raw)
+            message["properties"]["delivery_tag"] = uuid.uuid4().hex
+            channel._do_restore_message(message, exchange, routing_key, pipe, leftmost=True)
+
+    with channel.conn_or_acquire() as client:
+        client.transaction(restore, channel.unacked_key)
 
 
 def reap(r: redis.Redis, app: Celery, alive: set[str], me: str) -> int:
@@ -68,8 +94,7 @@ def reap(r: redis.Redis, app: Celery, alive: set[str], me: str) -> int:
     if not found:
         return 0
     with app.connection_for_write() as conn:
-        qos = conn.default_channel.qos
         for tag, job_id in found:
-            qos.restore_by_tag(tag, leftmost=True)  # at the head: it has waited long enough
+            give_back(conn.default_channel, tag)  # at the head: it has waited long enough
             log.warning("gave back job=%s: its worker is gone", job_id)
     return len(found)
