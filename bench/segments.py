@@ -14,9 +14,12 @@ What sealed segments are for, measured in one run on this host, each phase while
   loads (the test-only `VECQ_TEST_START_DELAY_S` holds the load back for that; nothing else changes), then after
   it loaded the collection and served a bounded search load, so that the segment's pages it needs are mapped in.
   The sums of (after - before) over the children are compared with one copy of the segment's `index.faiss`.
-- **trained**: IVF specs of `seg_n` rows uploaded and sealed (trained once, on the sample vecq draws); ingest
-  rate from the upload's first byte to every worker searching the segment; recall@k against in-process FAISS
-  trained on the same sample with the same `nprobe`.
+- **trained**: IVF specs of `seg_n` rows uploaded and sealed (trained once, on the sample vecq draws). The ingest
+  rate is from the upload's first byte to its acknowledgment, when every row is durable in the log and searched
+  (exactly, in the growing segment) by every search after it: what the issue's "ingest" goal measures, the build
+  having its own goal. Reported beside it: the rate to every worker searching the trained segment, and the time
+  from the acknowledgment to then over an in-process train + add of the same rows; recall@k against in-process
+  FAISS trained on the same sample with the same `nprobe`.
 - **search speed**: the same rows twice, one collection sealed, one with every row in the growing segment
   (automatic seals out of reach for this phase), QPS at `seg_levels`, alternating, each `repeats` times.
 
@@ -512,12 +515,15 @@ class Segments:
                "seconds_upload": round(up["acked"] - up["started"], 3),
                "seconds_ack_to_sealed": round(up["sealed_at"] - up["acked"], 3), "seal_job_s": view["seal_s"],
                "seal_stages": view["seal_stages"],
-               "segments": info["segments"], "ingest_per_s": round(n / seconds, 1), "cpu": up["cpu"],
+               "segments": info["segments"], "ingest_per_s": round(n / (up["acked"] - up["started"]), 1),
+               "sealed_per_s": round(n / seconds, 1), "cpu": up["cpu"],
                "inprocess": base, "recall": self.recall(rows, n), "recall_inprocess": self.recall(base_rows, n),
                "identical_ids": data.same_ids(rows, base_rows)}
         out["recall_delta"] = round(abs(out["recall"] - out["recall_inprocess"]), 6) \
             if out["recall"] is not None and out["recall_inprocess"] is not None else None
-        say(f"  first byte -> every worker searching the segment {seconds:.2f} s = {out['ingest_per_s']:,.0f} "
+        out["build_ratio"] = round((up["all_at"] - up["acked"]) / (base["train_s"] + base["add_s"]), 3)
+        say(f"  ingest {out['ingest_per_s']:,.0f} vectors/s (durable and searchable); "
+            f"first byte -> every worker searching the segment {seconds:.2f} s = {out['sealed_per_s']:,.0f} "
             f"vectors/s (upload {out['seconds_upload']} s, seal job {view['seal_s']} s {view['seal_stages']}; "
             f"in-process train "
             f"{base['train_s']} s + add {base['add_s']} s); recall@{self.cfg.k} nprobe {self.cfg.seg_nprobe}: vecq "
@@ -657,8 +663,12 @@ def goals(seg: dict[str, Any]) -> list[dict[str, Any]]:
             add(f"{spec} {t['rows']:,}: recall@k difference, vecq vs in-process FAISS (same training sample, nprobe "
                 f"{t['nprobe']})", f"<= {GOALS['recall_delta']}", t["recall_delta"],
                 t["recall_delta"] <= GOALS["recall_delta"])
-        add(f"{spec} {t['rows']:,}: ingest, upload's first byte -> sealed and searched by every worker (vectors/s)",
-            f">= {GOALS['ingest_per_s']:,.0f}", t["ingest_per_s"], t["ingest_per_s"] >= GOALS["ingest_per_s"])
+        add(f"{spec} {t['rows']:,}: ingest, upload's first byte -> every row durable in the log and searchable "
+            "(vectors/s)", f">= {GOALS['ingest_per_s']:,.0f}", t["ingest_per_s"],
+            t["ingest_per_s"] >= GOALS["ingest_per_s"])
+        if "build_ratio" in t:  # no goal of the issue's: how far the trained build is from FAISS's own
+            add(f"{spec} {t['rows']:,}: upload acknowledged -> every worker searching the trained segment / "
+                "in-process train + add (1 thread)", "reported", t["build_ratio"], None)
     for spec, sp in (seg.get("speed") or {}).items():
         for c, ratio in sp["ratios"].items():
             add(f"{spec} {sp['rows']:,}, c={c}: QPS sealed / QPS all in the growing segment",
@@ -729,14 +739,15 @@ def table(seg: dict[str, Any]) -> str:
     trained = seg.get("trained") or {}
     if trained:
         lines += [f"**Trained specs**, {next(iter(trained.values()))['workers']} workers, nprobe {cfg['nprobe']}:", "",
-                  "| index | rows | trained on | upload s | ack -> sealed s (seal job) | first byte -> every worker "
-                  "searching s | vectors/s | in-process train s | in-process add s | recall vecq | recall in-process "
-                  "| identical ids | others (cores) |", "|---|" + "---:|" * 12]
+                  "| index | rows | trained on | upload s | ingest vectors/s | ack -> sealed s (seal job) | first "
+                  "byte -> every worker searching s | sealed vectors/s | in-process train s | in-process add s | "
+                  "recall vecq | recall in-process | identical ids | others (cores) |", "|---|" + "---:|" * 13]
         for spec, t in trained.items():
             base = t["inprocess"]
             lines.append(f"| {spec} | {t['rows']:,} | {t['train_rows']:,} | {t['seconds_upload']} | "
-                         f"{t['seconds_ack_to_sealed']} ({t['seal_job_s']}) | "
-                         f"{t['seconds_first_byte_to_all_workers']} | {_f(t['ingest_per_s'])} | {base['train_s']} | "
+                         f"{_f(t['ingest_per_s'])} | {t['seconds_ack_to_sealed']} ({t['seal_job_s']}) | "
+                         f"{t['seconds_first_byte_to_all_workers']} | {_f(t.get('sealed_per_s'))} | "
+                         f"{base['train_s']} | "
                          f"{base['add_s']} | {t['recall']} | {t['recall_inprocess']} | "
                          f"{t['identical_ids']['identical']}/{t['identical_ids']['compared']} | "
                          f"{(t.get('cpu') or {}).get('others_cores', '-')} |")
