@@ -477,17 +477,22 @@ def test_slow_start_does_not_get_a_replacement_child_killed(new_stack) -> None: 
     r.close()
 
 
+def sleeping_job(s: Stack, r: redis.Redis, seconds: float) -> tuple[str, dict[str, Any]]:
+    """A test sleep job sent straight to Celery, once a worker runs it: its id and its running record."""
+    job_id = uuid.uuid4().hex
+    jobs.create(r, job_id, "sleep", None, ttl=600)
+    make_celery(Settings(redis_url=s.redis_url, queue="vecq")).send_task(
+        "vecq.test.sleep", kwargs={"seconds": seconds}, task_id=job_id, queue="vecq")
+    return job_id, wait_for("the job to start", lambda: (x := job(r, job_id))["status"] == "running" and x, 30)
+
+
 def test_a_job_of_a_worker_killed_whole_runs_again_elsewhere_within_30s(new_stack) -> None:  # type: ignore[no-untyped-def]
     """A worker's main process and child killed together (OOM, `docker kill`): nobody acks or rejects its job, and
     Celery would leave it unacked until the visibility timeout (40 minutes). The reaper of a live worker gives it
     back once the dead worker's heartbeat has expired (3 s here), and another worker runs it."""
     s = new_stack(workers=2)
     r = redis.Redis.from_url(s.redis_url or "")
-    producer = make_celery(Settings(redis_url=s.redis_url, queue="vecq"))
-    job_id = uuid.uuid4().hex
-    jobs.create(r, job_id, "sleep", None, ttl=600)
-    producer.send_task("vecq.test.sleep", kwargs={"seconds": 4}, task_id=job_id, queue="vecq")
-    running = wait_for("the job to start", lambda: (x := job(r, job_id))["status"] == "running" and x, 30)
+    job_id, running = sleeping_job(s, r, seconds=4)
     victim = main_of(s, int(running["worker"].rsplit("-", 1)[1]))
     victim.signal(signal.SIGKILL)  # the whole process group: main process and pool child
     killed_at = time.monotonic()
@@ -507,11 +512,7 @@ def test_a_pool_child_killed_while_its_main_process_stalls_runs_its_job_again_on
     third time beside it (`attempts` 3: the twins seen in loaded test runs)."""
     s = new_stack(workers=2)
     r = redis.Redis.from_url(s.redis_url or "")
-    producer = make_celery(Settings(redis_url=s.redis_url, queue="vecq"))
-    job_id = uuid.uuid4().hex
-    jobs.create(r, job_id, "sleep", None, ttl=600)
-    producer.send_task("vecq.test.sleep", kwargs={"seconds": 10}, task_id=job_id, queue="vecq")
-    running = wait_for("the job to start", lambda: (x := job(r, job_id))["status"] == "running" and x, 30)
+    job_id, running = sleeping_job(s, r, seconds=10)
     child = int(running["worker"].rsplit("-", 1)[1])
     stalled = main_of(s, child)
     stalled.signal(signal.SIGSTOP, group=False)
