@@ -15,8 +15,11 @@ from typing import Any
 def goals_table(goals: list[dict[str, Any]]) -> list[str]:
     """A section's goals as markdown lines: each goal, its target, what was measured, met or not."""
     return ["### Goals", "", "| Goal | Target | Measured | Met |", "|---|---|---|---|",
-            *(f"| {g['goal']} | {g['target']} | {g['measured']} | {'yes' if g['met'] else '**no**'} |"
-              for g in goals)]
+            *(f"| {g['goal']} | {g['target']} | {g['measured']} | {_met(g['met'])} |" for g in goals)]
+
+
+def _met(met: bool | None) -> str:
+    return "-" if met is None else "yes" if met else "**no**"  # None: a figure reported, with no goal of its own
 
 
 def machine() -> dict[str, Any]:
