@@ -11,6 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from api import fast_search
+from api.strict_json import loads as strict_loads
+
 DIM = 8
 
 
@@ -97,3 +100,23 @@ def test_the_strict_parser_still_judges(api: httpx.Client, name: str, raw: bytes
     fast = api.post(f"/v1/collections/{name}/search?wait=30", content=raw, headers=headers)
     routed = api.post(f"/v1/collections/{name}/search?wait=30&other=1", content=raw, headers=headers)
     assert comparable(fast) == comparable(routed), (fast.text, routed.text)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"vector": [0.5, 1, -2e3, 0], "k": 3}',
+    b'{"vectors": [[0.5, 1], [2, 3]], "filter": {"$or": [{"a": 1}, {"b": [1, "x", true, null]}]}}',
+    b'{"vector": [0, 0], "filter": {"$or": [{"a": 1, "a": 2}]}}',  # a duplicate in a dict inside a list
+    b'{"vector": [0, 0], "filter": {"$and": [[{"a": 1}], {"b": {"c": 1, "c": 1}}]}}',
+    b'{"vector": [0, {"k": 1, "k": 2}]}',  # a dict among a vector's numbers
+])
+def test_fast_loads_agrees_with_the_strict_parser(raw: bytes) -> None:
+    """The fast parser's result stands only when the body has no duplicate key, however deep."""
+    try:
+        expected: Any = strict_loads(raw)
+    except ValueError as exc:
+        expected = type(exc)
+    try:
+        got: Any = fast_search._loads(raw)
+    except ValueError as exc:
+        got = type(exc)
+    assert got == expected
