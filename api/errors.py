@@ -50,7 +50,7 @@ async def _vecq_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
+    first: dict[str, Any] = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
     loc = tuple(first.get("loc", ()))
     message = str(first.get("msg", "invalid"))
     if first.get("type") == "json_invalid":

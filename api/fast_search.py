@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 import pydantic
+from fastapi.routing import APIRoute
 from starlette.datastructures import State
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,7 +36,8 @@ from common import keys
 from common.schemas import SearchRequest, SearchResponse
 
 SEARCH_PATH = re.compile(r"^/v1/collections/([^/]+)/search$")
-SEARCH_TEMPLATE = next(r.path for r in router.routes if getattr(r, "name", None) == "search")  # its metrics label
+SEARCH_TEMPLATE: str = next(r.path for r in router.routes  # its metrics label
+                            if isinstance(r, APIRoute) and r.name == "search")
 WAIT_QUERY = re.compile(rb"^wait=(\d{1,6}(?:\.\d{1,9})?)$")  # plain decimals only: anything else goes the long way
 
 
@@ -64,13 +66,15 @@ class FastSearch:
         if request is None:
             await self.app(scope, _replay(messages, receive), send)
             return
+        response: Response
         try:
             outcome = await answer(match.group(1), request, self.state.catalog, self.state.searcher, principal,
                                    self.state.settings, wait if isinstance(wait, float) else None)
         except Exception as exc:
-            response = errors.handled(exc)
-            if response is None:
+            handled = errors.handled(exc)
+            if handled is None:
                 raise  # the app's last resort answers it (a 500 in vecq's shape)
+            response = handled
         else:
             response = _response(outcome)
         await response(scope, receive, send)

@@ -67,7 +67,7 @@ async def add_json(body: AddVectors, col: Collection, dispatcher: Dispatcher, se
         codec.check_metadata(body.metadata, n, settings.max_metadata_bytes)
         kwargs["metadata"] = body.metadata
     if writer is not None and wait > 0:
-        ids = {k: kwargs[k] for k in ("ids", "id_prefix", "id_start") if k in kwargs}
+        ids: dict[str, Any] = {k: kwargs[k] for k in ("ids", "id_prefix", "id_start") if k in kwargs}
         return await writer.write(col, matrix, ids, body.metadata, scope, wait)
     return await dispatcher.submit("add", ADD, col.name, kwargs, wait=wait, scope=scope, total=n)
 

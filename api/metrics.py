@@ -155,9 +155,9 @@ class _Cluster:
                                    labels=["type", "status"])
         seconds = SummaryMetricFamily("vecq_job_duration_seconds", "Run time of finished jobs (all workers).",
                                       labels=["type", "status"])
-        for c in snap.jobs:
-            jobs.add_metric([c.type, c.status], c.count)
-            seconds.add_metric([c.type, c.status], c.count, c.seconds)
+        for counted in snap.jobs:
+            jobs.add_metric([counted.type, counted.status], counted.count)
+            seconds.add_metric([counted.type, counted.status], counted.count, counted.seconds)
         yield jobs
         yield seconds
 
