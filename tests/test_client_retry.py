@@ -5,6 +5,7 @@ against the real API is tested in tests/test_ingest.py, tests/test_filtered_sear
 from __future__ import annotations
 
 import asyncio
+import pickle
 from collections.abc import Callable
 
 import httpx
@@ -125,6 +126,20 @@ def test_error_answers_are_the_common_error_classes() -> None:
     assert str(missing.value) == "404 not_found: collection not found (field name)"
     assert (newer.value.status, newer.value.code) == (418, "brewing")  # a code this client does not know
     assert (proxy.value.status, proxy.value.code) == (502, "http_error") and "bad gateway" in proxy.value.message
+
+
+def test_errors_survive_pickle() -> None:
+    """A process pool or a task queue re-raises the client's errors in another process: same class, same fields."""
+    for code in ("not_found", "invalid_input", "a_newer_servers_code"):
+        error = client_module.http_error(404, code, "gone", "name")
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is type(error) and isinstance(again, VecqHTTPError)
+        assert (again.status, again.code, again.message, again.field, str(again)) == \
+            (error.status, error.code, error.message, error.field, str(error))
+    failed = JobFailed(Job.model_validate({"job_id": "j", "type": "add", "status": "failed",
+                                           "error": {"code": "too_large", "message": "big", "field": "vectors"}}))
+    again = pickle.loads(pickle.dumps(failed))
+    assert type(again) is JobFailed and again.job == failed.job and (again.status, again.field) == (413, "vectors")
 
 
 def test_job_failed_takes_its_status_from_the_one_table() -> None:

@@ -76,6 +76,11 @@ class VecqHTTPError(VecqError):
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message}" + (f" (field {self.field})" if self.field else "")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as the call that makes it again: its class is made at run time (error_class), so pickle cannot
+        # name it, and its args are not its __init__'s (a process pool or a task queue re-raises it elsewhere).
+        return http_error, (self.status, self.code, self.message, self.field)
+
 
 _HTTP_ERROR_CLASSES: dict[type[VecqError], type[VecqHTTPError]] = {VecqError: VecqHTTPError}
 
@@ -103,6 +108,9 @@ class JobFailed(VecqHTTPError):
         super().__init__(STATUS_BY_CODE.get(code, VecqError.status), code,
                          error.message if error else f"job {job.status}", error.field if error else None)
         self.job = job
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return JobFailed, (self.job,)
 
 
 def raise_for(resp: httpx.Response) -> None:
