@@ -407,7 +407,7 @@ return finished
 
 
 def finish_members(pipe: redis.client.Pipeline, batch_id: str, outcomes: list[tuple[dict[str, Any], Any,
-                   dict[str, Any] | None]], *, reply_to: str | None, started_at: float, worker: str,
+                   ErrorDict | None]], *, reply_to: str | None, started_at: float, worker: str,
                    hold_s: float, keep_done_s: float | None = None) -> None:
     """Queue, on `pipe`: the batch's outcomes ((member, result, error) each), kept `hold_s` for members whose id
     the API shows later, the members' records that exist, one message with every outcome to the submitting API

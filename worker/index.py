@@ -23,6 +23,8 @@ import numpy as np
 from common.codec import index_description_problem
 from common.errors import InvalidInput
 
+SWIG: Any = faiss  # what faiss has and its stubs lack (SearchParametersHNSW, RandomGenerator)
+
 METRICS = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT, "cosine": faiss.METRIC_INNER_PRODUCT}
 TRAIN_SEED = 1234  # the training sample is drawn with a fixed seed, so every build of the same rows is the same
 KMEANS_POINTS_PER_CENTROID = 39  # below this FAISS warns that k-means is under-trained
@@ -57,7 +59,8 @@ def factory(dim: int, metric: str, spec: str) -> faiss.Index:
         if part is not None and hasattr(faiss.downcast_index(part), "do_polysemous_training"):
             # Polysemous training (seconds of simulated annealing) serves polysemous search, which vecq never
             # runs: the index_factory default made every PQ probe and seal pay for it.
-            faiss.downcast_index(part).do_polysemous_training = False
+            polysemous: Any = faiss.downcast_index(part)  # a PQ of some kind: the attribute is its own
+            polysemous.do_polysemous_training = False
     return index
 
 
@@ -180,7 +183,7 @@ def search_parameters(index: faiss.Index, params: dict[str, int], selector: fais
         inner = search_parameters(index.index, params, selector)
         if inner is None:
             return None
-        sp = faiss.SearchParametersPreTransform()
+        sp: Any = faiss.SearchParametersPreTransform()  # SWIG objects the stubs describe only in part
         sp.index_params = inner
         sp.keep_alive = inner  # SWIG does not hold the inner object
         return sp
@@ -194,7 +197,7 @@ def search_parameters(index: faiss.Index, params: dict[str, int], selector: fais
             sp.sel = selector
         return sp
     if isinstance(index, faiss.IndexHNSW):
-        sp = faiss.SearchParametersHNSW()
+        sp = SWIG.SearchParametersHNSW()
         if "efSearch" in params:
             sp.efSearch = params["efSearch"]
     elif isinstance(index, faiss.IndexIVF):
@@ -215,7 +218,8 @@ def reseed_hnsw(index: faiss.Index, ntotal: int) -> None:
     segment a function of its rows alone, so a seal redone after a crash builds the very same graph."""
     inner = innermost(index)
     if isinstance(inner, faiss.IndexHNSW):
-        inner.hnsw.rng = faiss.RandomGenerator(12345 + ntotal)  # 12345: faiss's own default seed
+        hnsw: Any = inner.hnsw
+        hnsw.rng = SWIG.RandomGenerator(12345 + ntotal)  # 12345: faiss's own default seed
 
 
 def training_sample(n: int, wanted: int) -> np.ndarray:

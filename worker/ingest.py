@@ -33,7 +33,7 @@ from common import blobs, formats, jobs, stats, wal
 from common.celery_app import ADD
 from common.codec import generated_ids, rows_per_wal_entry
 from common.collections import Collection
-from common.errors import InvalidInput
+from common.errors import ErrorDict, InvalidInput
 from common.status import JobStatus
 from worker import app, state
 
@@ -294,7 +294,7 @@ def part_done(st: state.ProcessState, col: Collection, parent: str, blob_id: str
     return finished
 
 
-def fail_parent(st: state.ProcessState, parent: str, blob_id: str | None, error: dict[str, Any]) -> None:
+def fail_parent(st: state.ProcessState, parent: str, blob_id: str | None, error: ErrorDict) -> None:
     """A child failed: the upload as a whole failed (its parts already in the WAL stay)."""
     message = f"a part of the upload failed: {error.get('message')}"
     if jobs.finish(st.r, parent, error={**error, "message": message}):

@@ -88,9 +88,9 @@ class PayloadIndex:
             values = sorted(groups)
             offsets = [at]
             for value in values:
-                rows = sorted(set(groups[value]))
-                chunks.append(np.asarray(rows, dtype=np.int64))
-                at += len(rows)
+                members = sorted(set(groups[value]))
+                chunks.append(np.asarray(members, dtype=np.int64))
+                at += len(members)
                 offsets.append(at)
             layout.setdefault(path, {})[str(kind)] = {"values": values, "offsets": offsets}
         rows = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)

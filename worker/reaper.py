@@ -48,7 +48,8 @@ def _decoded(value: Any) -> str:
 def orphans(r: redis.Redis, alive: set[str], now: float) -> list[tuple[str, str]]:
     """(delivery tag, job id) of the unacked messages no live worker runs."""
     out = []
-    for tag, since in r.zrange(Channel.unacked_index_key, 0, -1, withscores=True):
+    taken: list[tuple[bytes, float]] = r.zrange(Channel.unacked_index_key, 0, -1, withscores=True)  # type: ignore[assignment]
+    for tag, since in taken:
         raw = r.hget(Channel.unacked_key, tag)
         if raw is None:
             continue

@@ -63,6 +63,7 @@ class Segment:
 
     index: faiss.Index
     exact: bool  # a Flat index: candidates are re-scored row by row (rerank)
+    payload: PayloadIndex | GrowingPayload  # the rows' metadata by field, for filters
 
     def __init__(self) -> None:
         self._selector: tuple[Any, ...] | None = None
@@ -83,6 +84,9 @@ class Segment:
         raise NotImplementedError
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def metadata_at(self, row: int) -> str | None:
         raise NotImplementedError
 
     def live_mask(self) -> np.ndarray:
@@ -212,7 +216,7 @@ class SealedSegment(Segment):
 
     def bury_overlap(self, newer: SealedSegment) -> None:
         """Mark dead the rows whose ids a newer segment wrote again (upserts) or deleted."""
-        candidates = np.flatnonzero(np.isin(self.keys, newer.keys)) if len(newer.keys) else []
+        candidates = np.flatnonzero(np.isin(self.keys, newer.keys)) if len(newer.keys) else np.zeros(0, np.int64)
         rows = []
         for p in candidates:  # only the ids written in both: upserts across segments
             row = int(self.key_rows[p])

@@ -25,6 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import faiss
 import numpy as np
@@ -100,7 +101,7 @@ def open_segment(store: Path, col: Collection, info: SegmentInfo) -> SealedSegme
     if not mapped:
         log.warning("collection=%s segment=%s spec=%s: FAISS cannot map this index type; read into memory",
                     col.name, info.id, info.spec)
-    mode = "r" if info.rows else None  # an empty array cannot be mapped
+    mode: Literal["r"] | None = "r" if info.rows else None  # an empty array cannot be mapped
     segment = SealedSegment(
         info, index, mapped,
         vectors=np.load(path / "vectors.npy", mmap_mode=mode),

@@ -81,7 +81,7 @@ def create_collection(st: state.ProcessState, job_id: str, *, name: str, dim: in
     return {**col.public(), "count": 0, "lsn": "0-0"}
 
 
-def fail_parent(st: state.ProcessState, job_id: str, error: dict[str, Any], inputs: dict[str, Any]) -> None:
+def fail_parent(st: state.ProcessState, job_id: str, error: ErrorDict, inputs: dict[str, Any]) -> None:
     """A failed part of a bulk ingest fails its parent."""
     if inputs.get("parent") is not None:
         ingest.fail_parent(st, inputs["parent"], inputs.get("blob"), error)
@@ -415,7 +415,7 @@ def release_lock(kind: segments.LockKind) -> OnFail:
     return release
 
 
-LONG = {"time_limit": get_settings().seal_time_limit_s,
+LONG: dict[str, Any] = {"time_limit": get_settings().seal_time_limit_s,
         "soft_time_limit": get_settings().soft_limit(get_settings().seal_time_limit_s)}
 
 
