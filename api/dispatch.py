@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import uuid
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,7 @@ class RawResult:
 
 
 def new_job_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 128 random bits, as uuid4's 122, a fifth of its cost (one per search)
 
 
 class Dispatcher:

@@ -95,6 +95,11 @@ async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    return unexpected(exc)
+
+
+def unexpected(exc: Exception) -> JSONResponse:
+    """The last resort's answer: a 500 in vecq's shape, the exception in the log."""
     log.exception("unhandled error", exc_info=exc)
     return error_response(VecqError("internal error"))
 

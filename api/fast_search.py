@@ -1,14 +1,16 @@
-"""The search route's fast path: a pure ASGI middleware that answers a well-formed search without FastAPI's
-per-request work. Owns no Redis keys.
+"""The search route's fast path: a pure ASGI layer in front of the whole app that answers a well-formed search
+without the per-request work of FastAPI and of vecq's own middlewares. Owns no Redis keys.
 
-Profiled at c=64, FastAPI's dependency solving (seven dependencies on the search route, the security schemes
-included) and its routing cost the API more CPU per search than everything vecq does for it. This middleware runs
-inside KeyCheck and BodyLimits (the key is checked and the body limited as for any route), reads the body, and
-answers with the route's own code (api/routes/search.py `answer`) when the request is one it understands fully:
-`POST /v1/collections/{name}/search` with a valid name, no query string but `wait=<seconds>` in range, and a JSON
-body that the strict parser and `SearchRequest` accept. Anything else (a 422 to explain, an odd query) is handed,
-its body replayed, to the FastAPI route, which answers exactly as it always has: the fast path changes no answer,
-only what a valid one costs. The route stays where the OpenAPI schema comes from.
+Profiled at c=64, FastAPI's dependency solving and routing, then its middleware layers and vecq's (each with a
+send wrapper), cost the API more CPU per search than everything vecq does for it. This layer answers with the
+route's own code (api/routes/search.py `answer`), through the same admission the middlewares apply, when the
+request is one it understands fully: `POST /v1/collections/{name}/search` with a valid name, no query string but
+`wait=<seconds>` in range, a JSON body of a declared length within VECQ_MAX_BODY_BYTES, a key `identify`
+(api/auth.py) accepts (checked before a byte of the body is read), and a body that the strict parser and
+`SearchRequest` accept; it counts the request in the same HTTP series (api/metrics.py HttpSeries). Anything else
+(no key or a wrong one, a 422 to explain, an odd query, a chunked body) is handed, its body replayed, to the app,
+whose middlewares and route answer exactly as they always have: the fast path changes no answer, only what a
+valid one costs. The route stays where the OpenAPI schema comes from.
 """
 
 from __future__ import annotations
@@ -16,23 +18,25 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from typing import Any
 
 import orjson
 import pydantic
 from fastapi.routing import APIRoute
-from starlette.datastructures import State
+from starlette.datastructures import Headers, State
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
-from api.auth import PRINCIPAL_SCOPE_KEY, Principal
+from api.auth import PRINCIPAL_SCOPE_KEY, KeyRing, identify
 from api.dispatch import Pending, RawResult
 from api.limits import is_json, media_type
-from api.metrics import HANDLER_SCOPE_KEY
+from api.metrics import HANDLER_SCOPE_KEY, HttpSeries
 from api.routes.search import answer, router
 from api.strict_json import loads
 from common import keys
+from common.errors import Unauthorized
 from common.schemas import SearchRequest, SearchResponse
 
 SEARCH_PATH = re.compile(r"^/v1/collections/([^/]+)/search$")
@@ -42,11 +46,16 @@ WAIT_QUERY = re.compile(rb"^wait=(\d{1,6}(?:\.\d{1,9})?)$")  # plain decimals on
 
 
 class FastSearch:
-    """Pure ASGI middleware: valid searches answered by the route's code, everything else passed on untouched."""
+    """Pure ASGI layer in front of the app: valid searches answered by the route's code, everything else passed
+    on untouched."""
 
-    def __init__(self, app: ASGIApp, state: State, wait_max_s: float) -> None:
+    def __init__(self, app: ASGIApp, state: State, keys: KeyRing, series: HttpSeries, max_body_bytes: int,
+                 wait_max_s: float) -> None:
         self.app = app
         self.state = state  # the FastAPI app's state: its searcher, catalog and settings, set by its lifespan
+        self.keys = keys
+        self.series = series
+        self.max_body_bytes = max_body_bytes
         self.wait_max_s = wait_max_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -55,29 +64,45 @@ class FastSearch:
             return
         match = SEARCH_PATH.match(scope["path"])
         wait = self._wait(scope["query_string"]) if match else None
-        principal = scope.get(PRINCIPAL_SCOPE_KEY)
-        if (match is None or wait is False or not isinstance(principal, Principal)
-                or not keys.COLLECTION_NAME.fullmatch(match.group(1)) or not _json_body(scope)):
+        if match is None or wait is False or not keys.COLLECTION_NAME.fullmatch(match.group(1)):
             await self.app(scope, receive, send)
             return
+        headers = Headers(scope=scope)
+        try:
+            principal = identify(headers, self.keys)
+        except Unauthorized:  # the app's key check answers it
+            await self.app(scope, receive, send)
+            return
+        if not self._admitted(headers):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        scope[PRINCIPAL_SCOPE_KEY] = principal
         scope[HANDLER_SCOPE_KEY] = SEARCH_TEMPLATE  # counted as the route's requests (a fallback: the route)
         body, messages = await _read(receive)
-        request = _parse(body) if body is not None else None
+        request = _parse(body) if body is not None and len(body) <= self.max_body_bytes else None
         if request is None:
             await self.app(scope, _replay(messages, receive), send)
             return
-        response: Response
+        status = 500  # unless a response starts
         try:
-            outcome = await answer(match.group(1), request, self.state.catalog, self.state.searcher, principal,
-                                   self.state.settings, wait if isinstance(wait, float) else None)
-        except Exception as exc:
-            handled = errors.handled(exc)
-            if handled is None:
-                raise  # the app's last resort answers it (a 500 in vecq's shape)
-            response = handled
-        else:
-            response = _response(outcome)
-        await response(scope, receive, send)
+            try:
+                outcome = await answer(match.group(1), request, self.state.catalog, self.state.searcher,
+                                       principal, self.state.settings, wait if isinstance(wait, float) else None)
+            except Exception as exc:
+                response: Response = errors.handled(exc) or errors.unexpected(exc)
+            else:
+                response = _response(outcome)
+            status = response.status_code
+            await response(scope, receive, send)
+        finally:
+            self.series.observe(SEARCH_TEMPLATE, "POST", status, time.perf_counter() - started)
+
+    def _admitted(self, headers: Headers) -> bool:
+        """A JSON body of a declared length within the limit (BodyLimits judges anything else)."""
+        declared = headers.get("content-length", "")
+        return (declared.isdigit() and int(declared) <= self.max_body_bytes and "transfer-encoding" not in headers
+                and is_json(media_type(headers.get("content-type"))))
 
     def _wait(self, query: bytes) -> float | bool | None:
         """The `wait` query value; None if absent; False if the query is anything the route should judge."""
@@ -88,11 +113,6 @@ class FastSearch:
             return False
         wait = float(m.group(1))
         return wait if math.isfinite(wait) and 0 <= wait <= self.wait_max_s else False
-
-
-def _json_body(scope: Scope) -> bool:
-    content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
-    return is_json(media_type(content_type.decode("latin-1")))
 
 
 async def _read(receive: Receive) -> tuple[bytes | None, list[Message]]:

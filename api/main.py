@@ -9,6 +9,7 @@ import redis.asyncio as aredis
 from fastapi import FastAPI
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from starlette.types import ASGIApp
 
 from api import errors, metrics
 from api.auth import KeyCheck, load_keys
@@ -24,6 +25,16 @@ from api.writer import Writer
 from common.celery_app import make_celery
 from common.logs import setup_logging
 from common.settings import Settings, get_settings
+
+
+class VecqAPI(FastAPI):
+    """FastAPI with the search fast path (api/fast_search.py) in front of its whole middleware stack, FastAPI's
+    own included: a valid search pays for none of them; every other request goes through all of them."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        settings: Settings = self.state.settings
+        return FastSearch(super().build_middleware_stack(), self.state, self.state.api_keys, self.state.http_series,
+                          settings.max_body_bytes, WAIT_MAX_S)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -57,15 +68,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await r.aclose()
 
     setup_logging(settings.log_json)
-    app = FastAPI(title="vecq", version="0.1.0", lifespan=lifespan,
+    app = VecqAPI(title="vecq", version="0.1.0", lifespan=lifespan,
                   description="Vector search over FAISS, run by Celery workers behind a Redis write-ahead log.")
     app.state.settings = settings
     app.state.celery = make_celery(settings)
     app.state.api_keys = load_keys(settings)
     errors.install(app)
-    # Added last = runs first: the key is checked before the body limits, and both before any body is read; then
-    # a valid search is answered without FastAPI's per-request work, anything else goes to the routes.
-    app.add_middleware(FastSearch, state=app.state, wait_max_s=WAIT_MAX_S)
+    # Added last = runs first: the key is checked before the body limits, and both before any body is read. A
+    # valid search never reaches them: VecqAPI answers it in front of the whole stack (api/fast_search.py).
     app.add_middleware(BodyLimits, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(KeyCheck, keys=app.state.api_keys)
     app.state.metrics_registry = metrics.instrument(app)  # outermost: counts every request, 401s too

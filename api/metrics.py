@@ -58,8 +58,31 @@ def instrument(app: FastAPI) -> CollectorRegistry:
                        labelnames=labels, namespace="vecq", registry=registry)
     latency = Histogram("http_request_duration_seconds", "Duration of HTTP requests in seconds",
                         labelnames=labels, buckets=LATENCY_BUCKETS, namespace="vecq", registry=registry)
-    app.add_middleware(HttpMetrics, requests=requests, latency=latency)
+    app.state.http_series = HttpSeries(requests, latency)
+    app.add_middleware(HttpMetrics, series=app.state.http_series)
     return registry
+
+
+class HttpSeries:
+    """The HTTP request series: one count and one duration per (route template, method, status). Recorded by
+    HttpMetrics for every request, and by the search fast path (api/fast_search.py) for those it answers."""
+
+    def __init__(self, requests: Counter, latency: Histogram) -> None:
+        self.requests = requests
+        self.latency = latency
+        # Each label set's two series, looked up once: `labels()` checks and locks on every call. Bounded: route
+        # templates (or "none") x methods x statuses.
+        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def observe(self, handler: str, method: str, status: int, seconds: float) -> None:
+        if handler in EXCLUDED:
+            return
+        labels = (handler, method, str(status))
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = (self.requests.labels(*labels), self.latency.labels(*labels))
+        series[0].inc()
+        series[1].observe(max(seconds, 0.0))
 
 
 class HttpMetrics:
@@ -69,13 +92,9 @@ class HttpMetrics:
     changed is how the template is found: from the route the router matched (`scope["route"]`, or the one a fast
     path names), not by matching every route again before each request (a tenth of the API's CPU per search)."""
 
-    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
+    def __init__(self, app: ASGIApp, series: HttpSeries) -> None:
         self.app = app
-        self.requests = requests
-        self.latency = latency
-        # Each label set's two series, looked up once: `labels()` checks and locks on every call. Bounded: route
-        # templates (or "none") x methods x statuses.
-        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self.series = series
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,14 +112,7 @@ class HttpMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            handler = _handler(scope)
-            if handler not in EXCLUDED:
-                labels = (handler, scope["method"], str(status))
-                series = self._series.get(labels)
-                if series is None:
-                    series = self._series[labels] = (self.requests.labels(*labels), self.latency.labels(*labels))
-                series[0].inc()
-                series[1].observe(max(time.perf_counter() - started, 0.0))
+            self.series.observe(_handler(scope), scope["method"], status, time.perf_counter() - started)
 
 
 def _handler(scope: Scope) -> str:

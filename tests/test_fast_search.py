@@ -87,6 +87,29 @@ def test_unknown_collection_and_metrics_label(api: httpx.Client) -> None:
     assert 'handler="/v1/collections/{name}/search",method="POST",status="404"' in metrics
 
 
+def _count(metrics: str, status: int) -> float:
+    label = f'handler="/v1/collections/{{name}}/search",method="POST",status="{status}"'
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("vecq_http_requests_total{") and label in line)
+
+
+def test_the_fast_path_counts_its_answers_in_the_http_series(api: httpx.Client, name: str) -> None:
+    """It answers in front of the metrics middleware, so it counts its requests itself, in the same series."""
+    before = _count(api.get("/metrics").text, 200)
+    for _ in range(3):
+        assert api.post(f"/v1/collections/{name}/search?wait=30", json={"vector": vec(1.0), "k": 1}).status_code == 200
+    assert _count(api.get("/metrics").text, 200) == before + 3
+
+
+def test_a_chunked_body_goes_the_long_way_with_the_same_answer(api: httpx.Client, name: str) -> None:
+    """No declared length: the fast path cannot bound what it reads, so the body limits and the route judge it."""
+    raw = b'{"vector": [1.1,1.1,1.1,1.1,1.1,1.1,1.1,1.1], "k": 2}'
+    chunked = api.post(f"/v1/collections/{name}/search?wait=30", content=iter([raw[:10], raw[10:]]),
+                       headers={"content-type": "application/json"})
+    fast = api.post(f"/v1/collections/{name}/search?wait=30", content=raw, headers={"content-type": "application/json"})
+    assert "content-length" not in chunked.request.headers and comparable(chunked) == comparable(fast)
+
+
 @pytest.mark.parametrize("raw", [
     b'{"vector": [0,0,0,0,0,0,0,0], "k": 1, "k": 2}',  # a duplicate orjson would keep quietly
     b'{"vector": [0,0,0,0,0,0,0,0], "params": {"nprobe": 1, "nprobe": 2}}',
