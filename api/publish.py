@@ -11,12 +11,12 @@ LPUSHed on the queue's list, which the workers BRPOP. `message` builds what komb
 from __future__ import annotations
 
 import base64
-import json
 import os
 import socket
 import uuid
 from typing import Any
 
+import orjson
 import redis.asyncio as aredis
 from celery import Celery
 
@@ -26,6 +26,8 @@ SHOWN_LEN = 64  # arguments longer than this are shown by their length in a mess
 def kwargs_repr(kwargs: dict[str, Any]) -> str:
     """A short description of a job's arguments for the message headers: never the vectors themselves."""
     def shown(value: Any) -> str:
+        if isinstance(value, str) and len(value) > SHOWN_LEN:  # the vectors: never copied whole by a repr
+            return f"<str of {len(value)}>"
         text = repr(value)
         return text if len(text) <= SHOWN_LEN else f"<{type(value).__name__} of {len(value)}>" \
             if hasattr(value, "__len__") else text[:SHOWN_LEN] + "..."
@@ -42,8 +44,8 @@ class Publisher:
     def message(self, task: str, job_id: str, kwargs: dict[str, Any]) -> bytes:
         task_message = self.amqp.as_task_v2(job_id, task, kwargs=kwargs, ignore_result=True, argsrepr="()",
                                             kwargsrepr=kwargs_repr(kwargs), origin=self.origin)
-        body = json.dumps(task_message.body, separators=(",", ":")).encode()
-        return json.dumps({
+        body = orjson.dumps(task_message.body)
+        return orjson.dumps({
             "body": base64.b64encode(body).decode(),
             "content-encoding": "utf-8",
             "content-type": "application/json",
@@ -51,7 +53,7 @@ class Publisher:
             "properties": {**task_message.properties, "delivery_mode": 2,
                            "delivery_info": {"exchange": "", "routing_key": self.queue}, "priority": 0,
                            "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())},
-        }, separators=(",", ":")).encode()
+        })
 
     async def publish(self, task: str, job_id: str, kwargs: dict[str, Any]) -> None:
         await self.r.lpush(self.queue, self.message(task, job_id, kwargs))
