@@ -7,8 +7,9 @@ Only SHA-256 digests of the keys are kept in memory and compared, each in consta
 logged or echoed in an error. Job records remember the scope (a digest of the key) that submitted them.
 
 Every `/v1` request is checked by `KeyCheck`, a pure ASGI middleware, before anything reads its body: an
-anonymous client cannot make the API parse or buffer a byte. Routes then ask the `Principal` whether it may
-use a collection (glob) and write (rw) with `Principal.require`.
+anonymous client cannot make the API parse or buffer a byte. A search the fast path answers in front of the
+middlewares (api/fast_search.py) is checked by the same `identify` first; one it refuses goes to KeyCheck.
+Routes then ask the `Principal` whether it may use a collection (glob) and write (rw) with `Principal.require`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from common.key_specs import KeySpec
 from common.key_specs import scope_of_key as scope_of_key  # job scopes, for tests and tools
 from common.settings import Settings
 
-PRINCIPAL_SCOPE_KEY = "vecq.principal"  # where KeyCheck leaves the authenticated principal in the ASGI scope
+PRINCIPAL_SCOPE_KEY = "vecq.principal"  # where the key check leaves the authenticated principal in the ASGI scope
 PROTECTED_PREFIX = "/v1"
 
 

@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # valid search never reaches them: VecqAPI answers it in front of the whole stack (api/fast_search.py).
     app.add_middleware(BodyLimits, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(KeyCheck, keys=app.state.api_keys)
-    app.state.metrics_registry = metrics.instrument(app)  # outermost: counts every request, 401s too
+    app.state.metrics_registry = metrics.instrument(app)  # outermost of these: counts every request, 401s too
     for module in (health, collections, vectors, search, jobs, ops, console):
         app.include_router(module.router)
     return app

@@ -86,7 +86,8 @@ class HttpSeries:
 
 
 class HttpMetrics:
-    """Pure ASGI middleware, the outermost: counts and times each request by route template, method and status.
+    """Pure ASGI middleware, the outermost of vecq's: counts and times each request by route template, method and
+    status (the searches the fast path answers in front of it, it counts itself in the same HttpSeries).
 
     The series are prometheus-fastapi-instrumentator's (the names, labels and buckets dashboards know); what
     changed is how the template is found: from the route the router matched (`scope["route"]`, or the one a fast
