@@ -90,4 +90,4 @@ def result_of(outcome: Outcome) -> Any:
         outcome = {"status": outcome.status, "error": json.loads(outcome.raw)}
     if outcome.get("status") == JobStatus.SUCCEEDED:
         return outcome.get("result")
-    raise errors.from_dict(dict(outcome.get("error") or errors.VecqError("job failed").to_dict()))
+    raise errors.from_dict(outcome.get("error") or errors.VecqError("job failed").to_dict())

@@ -26,6 +26,7 @@ This module imports nothing beyond the standard library: the client ships it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar, TypedDict
 
 
@@ -139,6 +140,6 @@ def from_code(code: str, message: str, field: str | None = None) -> VecqError:
     return error
 
 
-def from_dict(error: dict[str, Any]) -> VecqError:
+def from_dict(error: Mapping[str, Any]) -> VecqError:
     """Rebuild the error a job recorded or an API answer carried."""
     return from_code(str(error.get("code", VecqError.code)), str(error.get("message", "")), error.get("field"))
