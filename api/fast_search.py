@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import errors
 from api.auth import PRINCIPAL_SCOPE_KEY, KeyRing, identify
 from api.dispatch import Pending, RawResult
-from api.limits import is_json, media_type
+from api.limits import declared_json_within
 from api.metrics import HANDLER_SCOPE_KEY, HttpSeries
 from api.routes.search import answer, router
 from api.strict_json import loads
@@ -73,14 +73,14 @@ class FastSearch:
         except Unauthorized:  # the app's key check answers it
             await self.app(scope, receive, send)
             return
-        if not self._admitted(headers):
+        if not declared_json_within(headers, self.max_body_bytes):  # BodyLimits judges anything else
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         scope[PRINCIPAL_SCOPE_KEY] = principal
         scope[HANDLER_SCOPE_KEY] = SEARCH_TEMPLATE  # counted as the route's requests (a fallback: the route)
         body, messages = await _read(receive)
-        request = _parse(body) if body is not None and len(body) <= self.max_body_bytes else None
+        request = _parse(body) if body is not None else None
         if request is None:
             await self.app(scope, _replay(messages, receive), send)
             return
@@ -97,12 +97,6 @@ class FastSearch:
             await response(scope, receive, send)
         finally:
             self.series.observe(SEARCH_TEMPLATE, "POST", status, time.perf_counter() - started)
-
-    def _admitted(self, headers: Headers) -> bool:
-        """A JSON body of a declared length within the limit (BodyLimits judges anything else)."""
-        declared = headers.get("content-length", "")
-        return (declared.isdigit() and int(declared) <= self.max_body_bytes and "transfer-encoding" not in headers
-                and is_json(media_type(headers.get("content-type"))))
 
     def _wait(self, query: bytes) -> float | bool | None:
         """The `wait` query value; None if absent; False if the query is anything the route should judge."""

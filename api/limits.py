@@ -31,6 +31,14 @@ def is_json(media: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
+def declared_json_within(headers: Headers, limit: int) -> bool:
+    """A JSON body of a declared length within `limit`: one BodyLimits admits without counting it, which a
+    layer in front of it (api/fast_search.py) may read whole. The ASGI server delivers exactly that length."""
+    declared = headers.get("content-length", "")
+    return (declared.isdigit() and int(declared) <= limit and "transfer-encoding" not in headers
+            and is_json(media_type(headers.get("content-type"))))
+
+
 class BodyTooLarge(HTTPException):
     """Raised from `receive` while a route reads the body. FastAPI re-raises an HTTPException met while
     reading, so the app's handler (api/errors.py) answers it as JSON."""
