@@ -26,11 +26,13 @@ SHOWN_LEN = 64  # arguments longer than this are shown by their length in a mess
 def kwargs_repr(kwargs: dict[str, Any]) -> str:
     """A short description of a job's arguments for the message headers: never the vectors themselves."""
     def shown(value: Any) -> str:
-        if isinstance(value, str) and len(value) > SHOWN_LEN:  # the vectors: never copied whole by a repr
-            return f"<str of {len(value)}>"
-        text = repr(value)
-        return text if len(text) <= SHOWN_LEN else f"<{type(value).__name__} of {len(value)}>" \
-            if hasattr(value, "__len__") else text[:SHOWN_LEN] + "..."
+        sized = hasattr(value, "__len__")
+        # More than SHOWN_LEN characters or items: its repr is longer still, so it is not made (the vectors are
+        # megabytes, a batch's members one dict each).
+        text = "" if sized and len(value) > SHOWN_LEN else repr(value)
+        if text and len(text) <= SHOWN_LEN:
+            return text
+        return f"<{type(value).__name__} of {len(value)}>" if sized else text[:SHOWN_LEN] + "..."
     return "{" + ", ".join(f"{key!r}: {shown(value)}" for key, value in kwargs.items()) + "}"
 
 
