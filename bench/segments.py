@@ -525,8 +525,8 @@ class Segments:
         say(f"  ingest {out['ingest_per_s']:,.0f} vectors/s (durable and searchable); "
             f"first byte -> every worker searching the segment {seconds:.2f} s = {out['sealed_per_s']:,.0f} "
             f"vectors/s (upload {out['seconds_upload']} s, seal job {view['seal_s']} s {view['seal_stages']}; "
-            f"in-process train "
-            f"{base['train_s']} s + add {base['add_s']} s); recall@{self.cfg.k} nprobe {self.cfg.seg_nprobe}: vecq "
+            f"in-process train {base['train_s']} s + add {base['add_s']} s); recall@{self.cfg.k} nprobe "
+            f"{self.cfg.seg_nprobe}: vecq "
             f"{out['recall']}, in-process {out['recall_inprocess']}, identical ids "
             f"{out['identical_ids']['identical']}/{out['identical_ids']['compared']}")
         self.vecq.delete(name)
@@ -747,8 +747,7 @@ def table(seg: dict[str, Any]) -> str:
             lines.append(f"| {spec} | {t['rows']:,} | {t['train_rows']:,} | {t['seconds_upload']} | "
                          f"{_f(t['ingest_per_s'])} | {t['seconds_ack_to_sealed']} ({t['seal_job_s']}) | "
                          f"{t['seconds_first_byte_to_all_workers']} | {_f(t.get('sealed_per_s'))} | "
-                         f"{base['train_s']} | "
-                         f"{base['add_s']} | {t['recall']} | {t['recall_inprocess']} | "
+                         f"{base['train_s']} | {base['add_s']} | {t['recall']} | {t['recall_inprocess']} | "
                          f"{t['identical_ids']['identical']}/{t['identical_ids']['compared']} | "
                          f"{(t.get('cpu') or {}).get('others_cores', '-')} |")
         lines.append("")

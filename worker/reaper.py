@@ -4,7 +4,8 @@ When a pool child dies, its Celery main process puts the job back at once (acks 
 When the main process dies too (OOM killer, `docker kill`, a host gone), nobody does: the message stays in
 kombu's `unacked` hash until the visibility timeout (the longest job's time limit + 10 minutes), and the job
 with it. So every worker's heartbeat thread, at most one of them every REAP_EVERY_S across the deployment (the
-`vecq:reaper` lock), gives back through kombu's own `restore_by_tag` the messages no live worker runs:
+`vecq:reaper` lock), gives back (`give_back`: kombu's `restore_by_tag` under a new tag) the messages no live worker
+runs:
 
 - a job whose record is `running` on a worker whose heartbeat has expired, in the delivery that worker took;
 - any other unacked message older than ORPHAN_AFTER_S that no live worker claimed (a search batch, which has no

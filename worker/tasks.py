@@ -416,7 +416,7 @@ def release_lock(kind: segments.LockKind) -> OnFail:
 
 
 LONG: dict[str, Any] = {"time_limit": get_settings().seal_time_limit_s,
-        "soft_time_limit": get_settings().soft_limit(get_settings().seal_time_limit_s)}
+                        "soft_time_limit": get_settings().soft_limit(get_settings().seal_time_limit_s)}
 
 
 @task(SEAL, "seal", on_fail=release_lock("seal"), **LONG)
