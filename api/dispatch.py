@@ -11,6 +11,7 @@ import redis.asyncio as aredis
 from celery import Celery
 from fastapi.responses import JSONResponse, Response
 
+from api import batches
 from api.publish import Publisher
 from api.waiter import JobWaiter, Outcome
 from common import errors, jobs
@@ -47,6 +48,7 @@ class Dispatcher:
         self.r = r
         self.publisher = Publisher(r, celery, settings.queue)
         self.waiter = waiter
+        self.sweeper = batches.Sweeper(r)  # the searcher's and the writer's spent batches
         self.settings = settings
 
     async def send(self, task: str, job_id: str, kwargs: dict[str, Any]) -> None:

@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         waiter = JobWaiter(r, settings.max_waiters, listener)
         await waiter.start()
         dispatcher = Dispatcher(r, app.state.celery, waiter, settings)
+        dispatcher.sweeper.start()
         app.state.redis, app.state.waiter, app.state.dispatcher = r, waiter, dispatcher
         app.state.searcher = Searcher(dispatcher, settings)
         app.state.writer = Writer(dispatcher, settings) if settings.coalesce_writes else None
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await dispatcher.sweeper.stop()
             await waiter.stop()
             await listener.aclose()
             await r.aclose()

@@ -16,10 +16,11 @@ the first follower of a group going alone and splitting it for good. A batch hol
 query vectors.
 
 Each request keeps its own job id; the batch's `members` say which rows belong to which job, and `reply_to`
-names this process's listener. The worker sends all outcomes in one message and keeps them `hold_s`; a search
-answered while its client waits costs the API no Redis write and leaves no record behind, and a member whose id
-is shown (wait=0, or the wait ran out) gets its record then (common/jobs.py). A member whose message was missed
-(the listener was reconnecting) reads its outcome from the kept ones. Nothing is shared between API processes.
+names this process's listener. The worker sends all outcomes in one message and keeps them `hold_s` (dropped
+sooner once every member has its answer: api/batches.py); a search answered while its client waits costs the API
+no Redis write and leaves no record behind, and a member whose id is shown (wait=0, or the wait ran out) gets its
+record then (common/jobs.py). A member whose message was missed (the listener was reconnecting) reads its outcome
+from the kept ones. Nothing is shared between API processes.
 
 Bounds, so that no client can exhaust the process: a lane is dropped as soon as it holds nothing (no request
 pending or in flight, no follower still expected), so one lane per distinct min_lsn costs nothing once answered;
@@ -71,6 +72,7 @@ class Entry:
     submitted_at: float = field(default_factory=time.time)
     queued_at: float = field(default_factory=time.monotonic)
     batch_id: str | None = None  # set when it leaves
+    readers: batches.Readers | None = None  # its batch's, set when it leaves
 
     @property
     def waiting(self) -> bool:
@@ -183,6 +185,8 @@ class Searcher:
         if outcome is None:
             await self._record(col, entry)
             return await self.dispatcher.pending(job_id)
+        if entry.readers is not None:
+            entry.readers.done()
         return result_of(outcome)
 
     async def _record(self, col: Collection, entry: Entry) -> None:
@@ -251,15 +255,17 @@ class Searcher:
         if lane.pending and lane.batches < slots:
             batch = lane.take(self.settings.coalesce_max_batch, lane.share(slots, lane.expected(time.monotonic())))
             batch_id = new_job_id()
+            readers = batches.Readers(batch_id, len(batch), self.dispatcher.sweeper)
             for entry in batch:
-                entry.batch_id = batch_id
+                entry.batch_id, entry.readers = batch_id, readers
             lane.batches += 1
             lane.members += len(batch)
-            self._spawn(self._run(key, lane, batch_id, batch))
+            self._spawn(self._run(key, lane, readers, batch))
         self._kick(key, lane)  # another slot may take its share too
 
-    async def _run(self, key: Hashable, lane: Lane, batch_id: str, batch: list[Entry]) -> None:
+    async def _run(self, key: Hashable, lane: Lane, readers: batches.Readers, batch: list[Entry]) -> None:
         waiter = self.dispatcher.waiter
+        batch_id = readers.batch_id
         came_back = False
         try:
             # The batch's one message resolves this watch, with its members'; it is no waiting request.
@@ -285,6 +291,7 @@ class Searcher:
             lane.members -= len(batch)
             waiting = sum(1 for entry in batch if entry.waiting)
             if came_back:
+                readers.done()
                 lane.returned_at = time.monotonic()
                 if waiting:
                     lane.followers.append(Followers(waiting, lane.returned_at + self.max_delay_s))

@@ -49,6 +49,7 @@ class Write:
     submitted_at: float = field(default_factory=time.time)
     queued_at: float = field(default_factory=time.monotonic)
     batch_id: str | None = None  # set when it leaves
+    readers: batches.Readers | None = None  # its batch's, set when it leaves
 
     def member(self) -> dict[str, Any]:
         member = {"job_id": self.job_id, "n": len(self.rows), **self.ids}
@@ -101,6 +102,8 @@ class Writer:
             await jobs.amember_record(r, job_id, write.batch_id, col.name, job_type="add",
                                       ttl=self.settings.job_ttl_s, scope=scope, submitted_at=write.submitted_at)
             return await self.dispatcher.pending(job_id)
+        if write.readers is not None:
+            write.readers.done()
         return result_of(outcome)  # a RawResult, or the result read from the record if the message was missed
 
     def _enqueue(self, col: Collection, write: Write) -> None:
@@ -133,16 +136,18 @@ class Writer:
             share = math.ceil(len(lane.pending) / (slots - lane.batches))  # spread over the free slots
             batch = lane.take(self.settings.coalesce_max_write_rows, share)
             batch_id = new_job_id()
+            readers = batches.Readers(batch_id, len(batch), self.dispatcher.sweeper)
             for write in batch:
-                write.batch_id = batch_id
+                write.batch_id, write.readers = batch_id, readers
             lane.batches += 1
-            task = asyncio.create_task(self._run(key, lane, batch_id, batch))
+            task = asyncio.create_task(self._run(key, lane, readers, batch))
             self._tasks.add(task)  # keep a reference: the loop holds tasks weakly
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, key: LaneKey, lane: WriteLane, batch_id: str, batch: list[Write]) -> None:
+    async def _run(self, key: LaneKey, lane: WriteLane, readers: batches.Readers, batch: list[Write]) -> None:
         waiter = self.dispatcher.waiter
         r = self.dispatcher.r
+        batch_id = readers.batch_id
         try:
             async with waiter.watch(batch_id, batches.batch_back(r, batch_id), counted=False) as back:
                 try:
@@ -156,7 +161,8 @@ class Writer:
                     for write in batch:
                         waiter.fail(write.job_id, exc)
                 else:
-                    await batches.until_back(back, batches.slot_until(batch))
+                    if await batches.until_back(back, batches.slot_until(batch)):
+                        readers.done()
         finally:
             lane.batches -= 1
             self._kick(key, lane)

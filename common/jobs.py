@@ -310,7 +310,8 @@ def set_total(r: redis.Redis, job_id: str, total: int) -> None:
 
 # Searches sent by the API are "members" of a batch message. A member that is answered while its client waits
 # never gets a record: its id is never shown, and a day of records at a thousand searches a second would fill
-# Redis. The worker keeps a batch's outcomes for `hold_s` (`batch` key, one hash) and finishes the records that
+# Redis. The worker keeps a batch's outcomes for `hold_s` (`batch` key, one hash; the API that sent the batch drops
+# them sooner once nobody can read them: adrop_batch_outcomes) and finishes the records that
 # exist; the API creates a member's record only when it shows the id (wait=0, or the wait ran out), from the
 # batch's outcomes if they are in (amember_record). Either script may run first: the record ends up right. A
 # waiter that missed the batch's message (its listener was reconnecting) reads its outcome there too
@@ -524,6 +525,11 @@ async def amember_outcome(r: aredis.Redis, batch_id: str, job_id: str) -> Member
     if status is None or field is None or value is None:
         return None
     return MemberOutcome(job_id, _text(status), _text(field), value.encode() if isinstance(value, str) else value)
+
+
+async def adrop_batch_outcomes(r: aredis.Redis, batch_ids: Sequence[str]) -> None:
+    """Drop batches' outcomes before their `hold_s`: the API that sent them knows nobody will read them again."""
+    await r.unlink(*(keys.batch_outcomes(batch_id) for batch_id in batch_ids))
 
 
 async def abatch_finished(r: aredis.Redis, batch_id: str) -> bool:

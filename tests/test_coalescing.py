@@ -37,6 +37,7 @@ class RecordingDispatcher:
         self.waiter = JobWaiter(r, max_waiters=10_000)  # type: ignore[arg-type]  # never started: no listener
         self.batches: list[tuple[str, list[str]]] = []
         self.r = r
+        self.sweeper = batches.Sweeper(r)  # type: ignore[arg-type]  # never started: the test reads `spent`
 
     pending = Dispatcher.pending  # the 202 of a member whose wait ran out, from its record (needs Redis)
 
@@ -317,5 +318,42 @@ def test_a_missed_batch_message_is_made_up_for_from_the_outcomes(redis_url: str)
         finally:
             await client.aclose()
             sync.close()
+
+    asyncio.run(main())
+
+
+def test_a_batch_is_swept_once_every_member_has_its_answer_and_it_came_back() -> None:
+    """Its outcomes are read by nobody here any more: they go at the sweeper's next round, not `hold_s` later."""
+    async def main() -> None:
+        s, d = searcher(slots=1)
+        tasks = [search(s) for _ in range(3)]
+        await turns()
+        assert sizes(d) == [3] and d.sweeper.spent == []
+        d.answer(0)
+        await asyncio.gather(*tasks)
+        await turns()
+        assert d.sweeper.spent == [d.batches[0][0]]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("shown", ["wait=0", "wait ran out"])
+def test_a_batch_with_a_member_whose_id_is_shown_keeps_its_outcomes(redis_url: str, shown: str) -> None:
+    """That member's record may still be made from the outcomes (jobs.amember_record): they stay their hold_s."""
+    async def main() -> None:
+        client = aredis.Redis.from_url(redis_url)
+        try:
+            s, d = searcher(slots=1, r=client)
+            tasks = [search(s), search(s, wait=0 if shown == "wait=0" else 0.2)]
+            await turns()
+            assert sizes(d) == [2]
+            if shown == "wait ran out":
+                assert isinstance(await asyncio.wait_for(tasks[1], 2), Pending)
+            d.answer(0)
+            await asyncio.gather(*tasks)
+            await turns()
+            assert d.sweeper.spent == []
+        finally:
+            await client.aclose()
 
     asyncio.run(main())

@@ -18,6 +18,7 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
+from api import batches
 from common import jobs, keys, scripts
 from tests.conftest import log_of
 from tests.helpers import add, ids_of, pool_children, search, wait_job
@@ -245,6 +246,32 @@ def test_a_search_answered_while_waiting_leaves_no_record(api: httpx.Client, r: 
     responses = _searches(str(api.base_url), name, [{"vector": [1, 0, 0, 0], "k": 1}] * 40)
     assert {resp.status_code for resp in responses} == {200}
     assert _job_keys(r) == before
+
+
+def _batch_keys(r: redis.Redis) -> set[bytes]:
+    return set(r.scan_iter(match=f"{keys.PREFIX}:batch:*", count=1000))
+
+
+def test_outcomes_every_member_had_go_within_seconds_and_a_shown_ones_stay(api: httpx.Client, r: redis.Redis,
+                                                                             make_collection) -> None:  # type: ignore[no-untyped-def]
+    """Outcomes held their batch's longest wait and a margin (~60 s) pile up with the search rate: the soak saw
+    Redis grow 24 MB. Read by nobody once every member has its answer, they go at the API's next sweep; a batch
+    whose member was shown its id (wait=0) keeps them, for that member's record."""
+    name = make_collection(dim=4)
+    add(api, name, np.eye(4), ids=["a", "b", "c", "d"])  # a write batch: swept too
+    before = _batch_keys(r)
+    assert {resp.status_code for resp in _searches(str(api.base_url), name, [{"vector": [1, 0, 0, 0], "k": 1}] * 20)
+            } == {200}
+    deadline = time.monotonic() + 5 * batches.SWEEP_EVERY_S
+    while _batch_keys(r) - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _batch_keys(r) - before, "the answered batches' outcomes are still held"
+    ticket = api.post(f"/v1/collections/{name}/search", params={"wait": 0}, json={"vector": [1, 0, 0, 0], "k": 1})
+    assert ticket.status_code == 202
+    assert wait_job(api, ticket.json()["job_id"])["status"] == "succeeded"
+    time.sleep(3 * batches.SWEEP_EVERY_S)
+    kept = _batch_keys(r) - before
+    assert len(kept) == 1 and r.ttl(kept.pop()) > 20
 
 
 @pytest.mark.parametrize("record_first", [True, False])
