@@ -17,8 +17,9 @@ Seals and a compaction happen on their own (VECQ_SEAL_EVERY_ROWS, VECQ_COMPACT_M
 Asserted at the end: no HTTP 5xx but 503 + Retry-After while Redis is down (429s counted apart); every acknowledged
 write present exactly once with its last acknowledged vector and metadata (counts in Redis and in every worker's
 index, every acknowledged id read back, no superseded row found); API RSS and Redis used_memory within +10 % over
-the last 5 minutes (--quick: the last half), and Redis used_memory less the live ids' `docs` fields (data, which the
-writers' new ids grow) likewise. Output: bench/results/soak.{md,json,png} (--quick: bench/results/quick).
+the last 5 minutes (--quick: the last half), and Redis used_memory less the data (the live ids' `docs` fields, which
+the writers' new ids grow, and the log not yet sealed, a sawtooth each seal trims) likewise. Output:
+bench/results/soak.{md,json,png} (--quick: bench/results/quick).
 
 The load runs in a child process of its own (`--driver`, asyncio + aiohttp), so this process's GIL never sits
 between the server and the measured requests; this one drives the chaos, the ingest and the memory samples.
@@ -59,6 +60,7 @@ import redis
 
 from bench import data as bench_data
 from bench.cpu import machine_seconds, tree
+from common.settings import Settings
 from common.status import TERMINAL, JobStatus
 from vecq.stack import Stack
 
@@ -663,6 +665,7 @@ class Soak:
                     row["redis_used"] = int(info["used_memory"])
                     row["redis_rss"] = int(info["used_memory_rss"])
                     row["live_ids"] = live_ids(r)
+                    row["redis_wal"] = wal_bytes(r)
                 except (redis.RedisError, OSError):
                     row["redis_used"] = None  # down (the restart): no sample
                     with contextlib.suppress(Exception):
@@ -979,6 +982,13 @@ def redis_keys(r: redis.Redis, per_kind: int = 200) -> dict[str, Any]:
                                               "used_memory_rss")}}
 
 
+def wal_bytes(r: redis.Redis) -> int:
+    """Bytes of every collection's log (MEMORY USAGE, exact): the rows written since the last seal, data that
+    each seal trims. Its size per row follows the write batches' sizes (a stream node per entry beyond 4 KB,
+    rounded up to an allocator size class), so it swings with the load from one seal period to the next."""
+    return sum(int(r.memory_usage(key, samples=0) or 0) for key in r.scan_iter(match="vecq:c:*:wal", count=5000))
+
+
 def live_ids(r: redis.Redis) -> int:
     """Live ids of every collection: the fields of their `docs` hashes (HLEN is O(1))."""
     return sum(int(r.hlen(key)) for key in r.scan_iter(match="vecq:c:*:docs", count=1000))
@@ -991,13 +1001,15 @@ def docs_bytes(census: dict[str, Any] | None) -> tuple[int, float] | None:
     return int(census.get("live_ids") or 0), census["kinds"]["vecq:c:*:docs"]["mb"] * 1e6
 
 
-def less_live_ids(samples: list[dict[str, Any]], start: tuple[int, float],
-                  end: tuple[int, float]) -> list[dict[str, Any]]:
-    """Samples with `redis_bookkeeping`: used_memory less the live ids' `docs` fields, interpolated by the live
-    count between two censuses (a hash's table doubles at powers of two: bytes are not linear in ids alone)."""
+def less_data(samples: list[dict[str, Any]], start: tuple[int, float],
+              end: tuple[int, float]) -> list[dict[str, Any]]:
+    """Samples with `redis_bookkeeping`: used_memory less the data, the live ids' `docs` fields (interpolated by
+    the live count between two censuses: a hash's table doubles at powers of two, so bytes are not linear in ids
+    alone) and the unsealed log (measured with each sample)."""
     (ids0, bytes0), (ids1, bytes1) = start, end
     slope = (bytes1 - bytes0) / (ids1 - ids0) if ids1 != ids0 else (bytes0 / ids0 if ids0 else 0.0)
-    return [{**row, "redis_bookkeeping": row["redis_used"] - (bytes0 + (row["live_ids"] - ids0) * slope)}
+    return [{**row, "redis_bookkeeping": row["redis_used"] - (bytes0 + (row["live_ids"] - ids0) * slope)
+             - row.get("redis_wal", 0)}
             if row.get("redis_used") is not None and row.get("live_ids") is not None else row for row in samples]
 
 
@@ -1018,6 +1030,21 @@ def job_retention(cfg: Config, census: dict[str, Any] | None) -> dict[str, Any]:
             "jobs_per_s": round(rate, 1), "job_ttl_s": cfg.job_ttl,
             "mb_per_min_until_expiry": round(per_job * rate * 60 / 1e6, 2),
             "gb_per_day_at_default_ttl": round(per_job * rate * 86_400 / 1e9, 2)}
+
+
+def delivery_retention(start: dict[str, Any] | None, end: dict[str, Any] | None) -> dict[str, Any]:
+    """What the write batches' `done` markers cost (`vecq:delivery`, kept the redelivery window so that a batch
+    redelivered after its ack was lost is skipped): bytes a marker, markers a second between two censuses (none
+    expires within a soak), and what Redis holds of them once they do."""
+    if not start or not end or "kinds" not in start or "kinds" not in end:
+        return {}
+    before, after = start["kinds"].get("vecq:delivery", {}), end["kinds"].get("vecq:delivery", {})
+    if not after.get("keys") or end["at"] <= start["at"]:
+        return {}
+    window_s = Settings().redelivery_window_s
+    rate = (after["keys"] - before.get("keys", 0)) / (end["at"] - start["at"])
+    return {"markers": after["keys"], "marker_bytes": after["mean_bytes"], "per_s": round(rate, 1),
+            "window_s": window_s, "steady_mb": round(after["mean_bytes"] * rate * window_s / 1e6, 1)}
 
 
 def never_delivered(r: redis.Redis, unresolved: list[dict[str, Any]]) -> None:
@@ -1177,6 +1204,7 @@ def run(cfg: Config) -> dict[str, Any]:
         result["redis_census"] = soak.census
         result["redis_growth_by_kind"] = census_growth(soak.census.get("window_start"), soak.census.get("load_end"))
         result["job_retention"] = job_retention(cfg, soak.census.get("load_end"))
+        result["delivery_retention"] = delivery_retention(soak.census.get("window_start"), soak.census.get("load_end"))
         result["collection_end"] = {k: v for k, v in soak.collection().items() if k != "segments"} | {
             "segments": [{k: s.get(k) for k in ("rows", "deleted", "bytes", "build_s")}
                          for s in soak.collection().get("segments", [])]}
@@ -1302,10 +1330,13 @@ def summarize(cfg: Config, soak: Soak, drive: dict[str, Any], t0: float, run_end
               "redis_used_memory": memory_growth(soak.samples, "redis_used", lo, run_end, edge),
               "workers_rss": memory_growth(soak.samples, "workers_rss", lo, run_end, edge)}
     # The writers create new ids (most of their writes), and each live id is a field of its collection's `docs`
-    # hash: data, which grows with the collection as it must. What must stay flat besides it is the bookkeeping.
+    # hash: data, which grows with the collection as it must. The log between seals is data too, a sawtooth as
+    # tall as the rest of Redis's bookkeeping here (20,000 rows), whose bytes per row swing with the load. What
+    # must stay flat besides the two is the bookkeeping.
+    memory["redis_wal"] = memory_growth(soak.samples, "redis_wal", lo, run_end, edge)
     docs_start, docs_end = docs_bytes(soak.census.get("window_start")), docs_bytes(soak.census.get("load_end"))
     if docs_start and docs_end:
-        memory["redis_bookkeeping"] = memory_growth(less_live_ids(soak.samples, docs_start, docs_end),
+        memory["redis_bookkeeping"] = memory_growth(less_data(soak.samples, docs_start, docs_end),
                                                     "redis_bookkeeping", lo, run_end, edge)
         memory["redis_bookkeeping"]["docs_mb"] = [round(docs_start[1] / 1e6, 2), round(docs_end[1] / 1e6, 2)]
         ids = [row["live_ids"] for row in soak.samples if row.get("live_ids") is not None and lo <= row["t"]
@@ -1382,7 +1413,8 @@ def assertions(cfg: Config, res: dict[str, Any]) -> list[dict[str, Any]]:
           f"ingest {res['ingest'].get('status')}; {v['base_sample']['checked']:,} + {v['ingest_sample']['checked']:,} "
           f"checked, {v['base_sample']['problems'] + v['ingest_sample']['problems']} wrong")
     for key, label in (("api_rss", "API RSS (all API processes)"), ("redis_used_memory", "Redis used_memory"),
-                       ("redis_bookkeeping", "Redis used_memory less the live ids' `docs` fields")):
+                       ("redis_bookkeeping", "Redis used_memory less the data (the live ids' `docs` fields, the "
+                                             "unsealed log)")):
         if key not in mem:
             continue
         m = mem[key]
@@ -1469,8 +1501,8 @@ def markdown(res: dict[str, Any]) -> str:
               f"Start and end are the medians of the samples (every 2 s) in the window's first and last "
               f"{mem['edge_s']:.0f} s (a seal period: the log grows between seals and each seal trims it).", "",
               "| | start MB | end MB | max MB | growth |", "|---|---:|---:|---:|---:|"]
-    for key in ("api_rss", "redis_used_memory", "redis_bookkeeping", "workers_rss"):
-        if key not in mem:
+    for key in ("api_rss", "redis_used_memory", "redis_wal", "redis_bookkeeping", "workers_rss"):
+        if key not in mem or "start_mb" not in mem[key]:
             continue
         mm = mem[key]
         growth = f"{mm['growth']:+.1%}" if "growth" in mm else "-"
@@ -1478,11 +1510,12 @@ def markdown(res: dict[str, Any]) -> str:
                      f"{growth} |")
     if "redis_bookkeeping" in mem:
         ids = mem.get("live_ids") or {}
-        lines += ["", f"`redis_bookkeeping` is used_memory less the live ids' fields in the collections' `docs` "
-                  f"hashes (interpolated by the live count between the censuses at the window's start and the "
+        lines += ["", f"`redis_bookkeeping` is used_memory less the data: the live ids' fields in the collections' "
+                  f"`docs` hashes (interpolated by the live count between the censuses at the window's start and the "
                   f"load's end: {mem['redis_bookkeeping']['docs_mb'][0]} → {mem['redis_bookkeeping']['docs_mb'][1]} "
-                  f"MB): the writers' new ids are data that grows with the collection ({ids.get('start', 0):,} → "
-                  f"{ids.get('end', 0):,} live ids over the window)."]
+                  f"MB), the writers' new ids, which grow with the collection ({ids.get('start', 0):,} → "
+                  f"{ids.get('end', 0):,} live ids over the window); and `redis_wal`, the log's rows not yet sealed "
+                  f"(MEMORY USAGE at each sample), which each seal trims."]
     ret = res.get("job_retention") or {}
     if ret:
         lines += ["", f"Job records: {ret['record_bytes']} B a record + {ret['watchers_bytes']} B for its watchers set "
@@ -1490,6 +1523,13 @@ def markdown(res: dict[str, Any]) -> str:
                   f"~{ret['jobs_per_s']} jobs/s. This run keeps them {ret['job_ttl_s']} s (VECQ_JOB_TTL_S) so that "
                   f"they are at their steady state in the window; at vecq's default (86,400 s) Redis would grow "
                   f"{ret['mb_per_min_until_expiry']} MB/min for a day, to ~{ret['gb_per_day_at_default_ttl']} GB."]
+    done = res.get("delivery_retention") or {}
+    if done:
+        lines += ["", f"Write batches' `done` markers (`vecq:delivery`): {done['marker_bytes']} B a marker, "
+                  f"~{done['per_s']} a second over the window ({done['markers']:,} at its end). Each is kept the "
+                  f"redelivery window ({done['window_s']:,.0f} s) so that a batch redelivered after its ack was lost "
+                  f"is skipped, so they grow through any soak shorter than that, to ~{done['steady_mb']} MB at this "
+                  f"write rate."]
     growth_rows = [g for g in res.get("redis_growth_by_kind") or [] if g["mb_start"] or g["mb_end"]][:8]
     if growth_rows:
         lines += ["", "Where Redis's memory went over the window: a census of the keys by kind at its start and at the "
@@ -1544,11 +1584,13 @@ def plot(res: dict[str, Any], path: Path) -> None:
     axes[2].plot(ts, [s["api_rss"] / 1e6 for s in samples], label="API RSS (all processes)")
     axes[2].plot(ts, [s["redis_used"] / 1e6 if s.get("redis_used") is not None else np.nan for s in samples],
                  label="Redis used_memory")
+    axes[2].plot(ts, [s["redis_wal"] / 1e6 if s.get("redis_wal") is not None else np.nan for s in samples],
+                 label="of which the unsealed log")
     axes[2].set_ylabel("MB")
     axes[2].set_xlabel("minutes from the start of the load")
     window_from = res["memory"]["from_offset_s"] / 60
     axes[2].axvspan(window_from, res["duration_s"] / 60, color="green", alpha=0.07, label="checked window")
-    if ts and ts[-1] > res["duration_s"] / 60:  # its searches return vectors, kept in Redis while their wait lasts
+    if ts and ts[-1] > res["duration_s"] / 60:  # its searches return vectors: not the load's memory
         axes[2].axvspan(res["duration_s"] / 60, ts[-1], color="grey", alpha=0.07, label="verification (after the load)")
     axes[2].grid(True, alpha=0.3)
     colors = {"kill_pool_child": "orange", "kill_worker": "red", "restart_redis": "purple", "ingest_start": "blue",
