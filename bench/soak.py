@@ -1523,13 +1523,12 @@ def markdown(res: dict[str, Any]) -> str:
                   f"~{ret['jobs_per_s']} jobs/s. This run keeps them {ret['job_ttl_s']} s (VECQ_JOB_TTL_S) so that "
                   f"they are at their steady state in the window; at vecq's default (86,400 s) Redis would grow "
                   f"{ret['mb_per_min_until_expiry']} MB/min for a day, to ~{ret['gb_per_day_at_default_ttl']} GB."]
-    done = res.get("delivery_retention") or {}
-    if done:
-        lines += ["", f"Write batches' `done` markers (`vecq:delivery`): {done['marker_bytes']} B a marker, "
-                  f"~{done['per_s']} a second over the window ({done['markers']:,} at its end). Each is kept the "
-                  f"redelivery window ({done['window_s']:,.0f} s) so that a batch redelivered after its ack was lost "
-                  f"is skipped, so they grow through any soak shorter than that, to ~{done['steady_mb']} MB at this "
-                  f"write rate."]
+    if done := res.get("delivery_retention"):
+        kept = f"the redelivery window, {done['window_s']:,.0f} s"
+        lines += ["", f"Write batches' `done` markers (`vecq:delivery`, {done['marker_bytes']} B each, "
+                  f"~{done['per_s']}/s, {done['markers']:,} at the load's end) are kept {kept}, so that a batch "
+                  f"redelivered after a lost "
+                  f"ack is skipped: they grow through the soak, to ~{done['steady_mb']} MB at this write rate."]
     growth_rows = [g for g in res.get("redis_growth_by_kind") or [] if g["mb_start"] or g["mb_end"]][:8]
     if growth_rows:
         lines += ["", "Where Redis's memory went over the window: a census of the keys by kind at its start and at the "
