@@ -18,7 +18,8 @@ Asserted at the end: no HTTP 5xx but 503 + Retry-After while Redis is down (429s
 write present exactly once with its last acknowledged vector and metadata (counts in Redis and in every worker's
 index, every acknowledged id read back, no superseded row found); API RSS and Redis used_memory within +10 % over
 the last 5 minutes (--quick: the last half), and Redis used_memory less the data (the live ids' `docs` fields, which
-the writers' new ids grow, and the log not yet sealed, a sawtooth each seal trims) likewise. Output:
+the writers' new ids grow, and the log not yet sealed, a sawtooth each seal trims) and less the growth of the write
+batches' done markers (kept hours, asserted to expire) likewise. Output:
 bench/results/soak.{md,json,png} (--quick: bench/results/quick).
 
 The load runs in a child process of its own (`--driver`, asyncio + aiohttp), so this process's GIL never sits
@@ -973,8 +974,10 @@ def redis_keys(r: redis.Redis, per_kind: int = 200) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind, n in kinds.most_common():
         sizes = [r.memory_usage(k, samples=0) or 0 for k in sample[kind]]
+        ttls = [int(r.ttl(k)) for k in sample[kind]]  # -1: no expiry; -2: gone since the scan
         mean = float(np.mean(sizes)) if sizes else 0.0
-        out[kind] = {"keys": n, "mean_bytes": round(mean), "mb": round(n * mean / 1e6, 2)}
+        out[kind] = {"keys": n, "mean_bytes": round(mean), "mb": round(n * mean / 1e6, 2),
+                     "sampled": len(ttls), "unexpiring": ttls.count(-1), "max_ttl_s": max(ttls, default=-2)}
     info = r.info("memory")
     return {"at": time.time(), "kinds": out, "dbsize": r.dbsize(), "live_ids": live_ids(r),
             "info": {k: info.get(k) for k in ("used_memory", "used_memory_dataset", "used_memory_overhead",
@@ -1001,15 +1004,26 @@ def docs_bytes(census: dict[str, Any] | None) -> tuple[int, float] | None:
     return int(census.get("live_ids") or 0), census["kinds"]["vecq:c:*:docs"]["mb"] * 1e6
 
 
-def less_data(samples: list[dict[str, Any]], start: tuple[int, float],
-              end: tuple[int, float]) -> list[dict[str, Any]]:
+def markers_bytes(census: dict[str, Any] | None) -> tuple[float, float] | None:
+    """(when, bytes of the write batches' `done` markers) from a census."""
+    if not census or "kinds" not in census:
+        return None
+    return census["at"], census["kinds"].get("vecq:delivery", {}).get("mb", 0.0) * 1e6
+
+
+def less_data(samples: list[dict[str, Any]], start: tuple[int, float], end: tuple[int, float],
+              markers: tuple[tuple[float, float], tuple[float, float]] | None = None) -> list[dict[str, Any]]:
     """Samples with `redis_bookkeeping`: used_memory less the data, the live ids' `docs` fields (interpolated by
     the live count between two censuses: a hash's table doubles at powers of two, so bytes are not linear in ids
-    alone) and the unsealed log (measured with each sample)."""
+    alone) and the unsealed log (measured with each sample); and less the growth of the write batches' `done`
+    markers (interpolated in time between the censuses: they are made at the write rate and expire after the
+    redelivery window, hours, a retention the report states and checks apart, as the job records')."""
     (ids0, bytes0), (ids1, bytes1) = start, end
     slope = (bytes1 - bytes0) / (ids1 - ids0) if ids1 != ids0 else (bytes0 / ids0 if ids0 else 0.0)
+    (m_at0, m_bytes0), (m_at1, m_bytes1) = markers or ((0.0, 0.0), (1.0, 0.0))
+    m_rate = (m_bytes1 - m_bytes0) / (m_at1 - m_at0) if m_at1 > m_at0 else 0.0
     return [{**row, "redis_bookkeeping": row["redis_used"] - (bytes0 + (row["live_ids"] - ids0) * slope)
-             - row.get("redis_wal", 0)}
+             - row.get("redis_wal", 0) - (row["t"] - m_at0) * m_rate}
             if row.get("redis_used") is not None and row.get("live_ids") is not None else row for row in samples]
 
 
@@ -1335,8 +1349,10 @@ def summarize(cfg: Config, soak: Soak, drive: dict[str, Any], t0: float, run_end
     # must stay flat besides the two is the bookkeeping.
     memory["redis_wal"] = memory_growth(soak.samples, "redis_wal", lo, run_end, edge)
     docs_start, docs_end = docs_bytes(soak.census.get("window_start")), docs_bytes(soak.census.get("load_end"))
+    m_start, m_end = markers_bytes(soak.census.get("window_start")), markers_bytes(soak.census.get("load_end"))
     if docs_start and docs_end:
-        memory["redis_bookkeeping"] = memory_growth(less_data(soak.samples, docs_start, docs_end),
+        markers = (m_start, m_end) if m_start and m_end else None
+        memory["redis_bookkeeping"] = memory_growth(less_data(soak.samples, docs_start, docs_end, markers),
                                                     "redis_bookkeeping", lo, run_end, edge)
         memory["redis_bookkeeping"]["docs_mb"] = [round(docs_start[1] / 1e6, 2), round(docs_end[1] / 1e6, 2)]
         ids = [row["live_ids"] for row in soak.samples if row.get("live_ids") is not None and lo <= row["t"]
@@ -1414,7 +1430,7 @@ def assertions(cfg: Config, res: dict[str, Any]) -> list[dict[str, Any]]:
           f"checked, {v['base_sample']['problems'] + v['ingest_sample']['problems']} wrong")
     for key, label in (("api_rss", "API RSS (all API processes)"), ("redis_used_memory", "Redis used_memory"),
                        ("redis_bookkeeping", "Redis used_memory less the data (the live ids' `docs` fields, the "
-                                             "unsealed log)")):
+                                             "unsealed log) and the done markers' growth")):
         if key not in mem:
             continue
         m = mem[key]
@@ -1424,6 +1440,14 @@ def assertions(cfg: Config, res: dict[str, Any]) -> list[dict[str, Any]]:
               growth is not None and growth <= cfg.max_growth,
               f"{m.get('start_mb')} → {m.get('end_mb')} MB ({growth:+.1%}), max {m.get('max_mb')} MB"
               if growth is not None else str(m))
+    markers = ((res.get("redis_census") or {}).get("load_end") or {}).get("kinds", {}).get("vecq:delivery")
+    if markers and "sampled" in markers:
+        window = Settings().redelivery_window_s
+        check("the write batches' done markers all expire, within the redelivery window (what the bookkeeping check "
+              "leaves out of their growth is bounded)",
+              markers["unexpiring"] == 0 and 0 < markers["max_ttl_s"] <= window,
+              f"{markers['sampled']} of {markers['keys']:,} sampled: {markers['unexpiring']} without a TTL, the "
+              f"longest {markers['max_ttl_s']:,} s (window {window:,.0f} s)")
     return out
 
 
