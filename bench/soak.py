@@ -1569,8 +1569,8 @@ def markdown(res: dict[str, Any]) -> str:
         kept = f"the redelivery window, {done['window_s']:,.0f} s"
         lines += ["", f"Write batches' `done` markers (`vecq:delivery`, {done['marker_bytes']} B each, "
                   f"~{done['per_s']}/s, {done['markers']:,} at the load's end) are kept {kept}, so that a batch "
-                  f"redelivered after a lost "
-                  f"ack is skipped: they grow through the soak, to ~{done['steady_mb']} MB at this write rate."]
+                  f"redelivered after a lost ack is skipped: they grow through the soak, to ~{done['steady_mb']} MB "
+                  "at this write rate; `redis_bookkeeping` leaves out that growth (their expiry is asserted)."]
     growth_rows = [g for g in res.get("redis_growth_by_kind") or [] if g["mb_start"] or g["mb_end"]][:8]
     if growth_rows:
         lines += ["", "Where Redis's memory went over the window: a census of the keys by kind at its start and at the "
