@@ -81,28 +81,30 @@ class Sweeper:
                 log.warning("could not drop spent batch outcomes (%s); they expire on their own", exc)
 
 
-class Readers:
-    """Who here may still read a batch's outcomes in Redis: the batch's own watch until it came back, and each
-    member until it has its answer. When the last is done, the sweeper drops them. A member that never has its
-    answer here (its id was shown) never calls `done`: the outcomes then stay their `hold_s`."""
+class Batch:
+    """A batch that has left: its id, and who here may still read its outcomes in Redis: the batch's own watch
+    until it came back, and each member until it has its answer. When the last is done, the sweeper drops them.
+    A member that never has its answer here (its id was shown) never calls `done`: the outcomes then stay their
+    `hold_s`."""
 
-    def __init__(self, batch_id: str, members: int, sweeper: Sweeper) -> None:
-        self.batch_id = batch_id
-        self.left = members + 1
+    def __init__(self, batch_id: str, members: Sequence[Member], sweeper: Sweeper) -> None:
+        self.id = batch_id
+        self.readers = len(members) + 1
         self.sweeper = sweeper
+        for member in members:
+            member.batch = self
 
     def done(self) -> None:
-        self.left -= 1
-        if self.left == 0:
-            self.sweeper.drop(self.batch_id)
+        self.readers -= 1
+        if self.readers == 0:
+            self.sweeper.drop(self.id)
 
 
 class Member(Protocol):
     job_id: str
     wait: float  # seconds its client waits
     queued_at: float  # monotonic
-    batch_id: str | None  # set when it leaves
-    readers: Readers | None  # its batch's, set when it leaves
+    batch: Batch | None  # set when it leaves
 
 
 def hold_s(batch: Sequence[Member]) -> float:
@@ -131,9 +133,9 @@ def batch_back(r: aredis.Redis, batch_id: str) -> Recheck:
 def member_recheck(r: aredis.Redis, member: Member) -> Recheck:
     """A waiting member's outcome from its batch's outcomes in Redis: it has no record to look at."""
     async def check() -> Outcome | None:
-        if member.batch_id is None:  # still in its lane: nothing can have been missed
+        if member.batch is None:  # still in its lane: nothing can have been missed
             return None
-        return await jobs.amember_outcome(r, member.batch_id, member.job_id)
+        return await jobs.amember_outcome(r, member.batch.id, member.job_id)
     return check
 
 

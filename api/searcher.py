@@ -71,8 +71,7 @@ class Entry:
     wait: float = 0.0  # seconds the client waits for the hits
     submitted_at: float = field(default_factory=time.time)
     queued_at: float = field(default_factory=time.monotonic)
-    batch_id: str | None = None  # set when it leaves
-    readers: batches.Readers | None = None  # its batch's, set when it leaves
+    batch: batches.Batch | None = None  # set when it leaves
 
     @property
     def waiting(self) -> bool:
@@ -185,13 +184,13 @@ class Searcher:
         if outcome is None:
             await self._record(col, entry)
             return await self.dispatcher.pending(job_id)
-        if entry.readers is not None:
-            entry.readers.done()
+        if entry.batch is not None:
+            entry.batch.done()
         return result_of(outcome)
 
     async def _record(self, col: Collection, entry: Entry) -> None:
         """The record of a member whose id is about to be shown (see common/jobs.py, members)."""
-        await jobs.amember_record(self.dispatcher.r, entry.job_id, entry.batch_id, col.name,
+        await jobs.amember_record(self.dispatcher.r, entry.job_id, entry.batch.id if entry.batch else None, col.name,
                                   ttl=self.settings.job_ttl_s, scope=entry.scope, submitted_at=entry.submitted_at)
 
     # Scheduling ----------------------------------------------------------------------------------------------
@@ -254,18 +253,15 @@ class Searcher:
         slots = self.settings.coalesce_inflight
         if lane.pending and lane.batches < slots:
             batch = lane.take(self.settings.coalesce_max_batch, lane.share(slots, lane.expected(time.monotonic())))
-            batch_id = new_job_id()
-            readers = batches.Readers(batch_id, len(batch), self.dispatcher.sweeper)
-            for entry in batch:
-                entry.batch_id, entry.readers = batch_id, readers
+            sent = batches.Batch(new_job_id(), batch, self.dispatcher.sweeper)
             lane.batches += 1
             lane.members += len(batch)
-            self._spawn(self._run(key, lane, readers, batch))
+            self._spawn(self._run(key, lane, sent, batch))
         self._kick(key, lane)  # another slot may take its share too
 
-    async def _run(self, key: Hashable, lane: Lane, readers: batches.Readers, batch: list[Entry]) -> None:
+    async def _run(self, key: Hashable, lane: Lane, sent: batches.Batch, batch: list[Entry]) -> None:
         waiter = self.dispatcher.waiter
-        batch_id = readers.batch_id
+        batch_id = sent.id
         came_back = False
         try:
             # The batch's one message resolves this watch, with its members'; it is no waiting request.
@@ -291,7 +287,7 @@ class Searcher:
             lane.members -= len(batch)
             waiting = sum(1 for entry in batch if entry.waiting)
             if came_back:
-                readers.done()
+                sent.done()
                 lane.returned_at = time.monotonic()
                 if waiting:
                     lane.followers.append(Followers(waiting, lane.returned_at + self.max_delay_s))

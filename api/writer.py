@@ -48,8 +48,7 @@ class Write:
     wait: float
     submitted_at: float = field(default_factory=time.time)
     queued_at: float = field(default_factory=time.monotonic)
-    batch_id: str | None = None  # set when it leaves
-    readers: batches.Readers | None = None  # its batch's, set when it leaves
+    batch: batches.Batch | None = None  # set when it leaves
 
     def member(self) -> dict[str, Any]:
         member = {"job_id": self.job_id, "n": len(self.rows), **self.ids}
@@ -99,11 +98,11 @@ class Writer:
             if outcome is None:  # one last look: a batch that ended as the wait ran out answers with its outcome
                 outcome = await recheck()
         if outcome is None:
-            await jobs.amember_record(r, job_id, write.batch_id, col.name, job_type="add",
+            await jobs.amember_record(r, job_id, write.batch.id if write.batch else None, col.name, job_type="add",
                                       ttl=self.settings.job_ttl_s, scope=scope, submitted_at=write.submitted_at)
             return await self.dispatcher.pending(job_id)
-        if write.readers is not None:
-            write.readers.done()
+        if write.batch is not None:
+            write.batch.done()
         return result_of(outcome)  # a RawResult, or the result read from the record if the message was missed
 
     def _enqueue(self, col: Collection, write: Write) -> None:
@@ -135,19 +134,16 @@ class Writer:
         while lane.pending and lane.batches < slots:
             share = math.ceil(len(lane.pending) / (slots - lane.batches))  # spread over the free slots
             batch = lane.take(self.settings.coalesce_max_write_rows, share)
-            batch_id = new_job_id()
-            readers = batches.Readers(batch_id, len(batch), self.dispatcher.sweeper)
-            for write in batch:
-                write.batch_id, write.readers = batch_id, readers
+            sent = batches.Batch(new_job_id(), batch, self.dispatcher.sweeper)
             lane.batches += 1
-            task = asyncio.create_task(self._run(key, lane, readers, batch))
+            task = asyncio.create_task(self._run(key, lane, sent, batch))
             self._tasks.add(task)  # keep a reference: the loop holds tasks weakly
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, key: LaneKey, lane: WriteLane, readers: batches.Readers, batch: list[Write]) -> None:
+    async def _run(self, key: LaneKey, lane: WriteLane, sent: batches.Batch, batch: list[Write]) -> None:
         waiter = self.dispatcher.waiter
         r = self.dispatcher.r
-        batch_id = readers.batch_id
+        batch_id = sent.id
         try:
             async with waiter.watch(batch_id, batches.batch_back(r, batch_id), counted=False) as back:
                 try:
@@ -162,7 +158,7 @@ class Writer:
                         waiter.fail(write.job_id, exc)
                 else:
                     if await batches.until_back(back, batches.slot_until(batch)):
-                        readers.done()
+                        sent.done()
         finally:
             lane.batches -= 1
             self._kick(key, lane)

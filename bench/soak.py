@@ -1024,8 +1024,10 @@ def less_data(samples: list[dict[str, Any]], start: tuple[int, float], end: tupl
     redelivery window, hours, a retention the report states and checks apart, as the job records')."""
     (ids0, bytes0), (ids1, bytes1) = start, end
     slope = (bytes1 - bytes0) / (ids1 - ids0) if ids1 != ids0 else (bytes0 / ids0 if ids0 else 0.0)
-    (m_at0, m_bytes0), (m_at1, m_bytes1) = markers or ((0.0, 0.0), (1.0, 0.0))
-    m_rate = (m_bytes1 - m_bytes0) / (m_at1 - m_at0) if m_at1 > m_at0 else 0.0
+    m_at0, m_rate = 0.0, 0.0
+    if markers is not None:
+        (m_at0, m_bytes0), (m_at1, m_bytes1) = markers
+        m_rate = (m_bytes1 - m_bytes0) / (m_at1 - m_at0) if m_at1 > m_at0 else 0.0
     return [{**row, "redis_bookkeeping": row["redis_used"] - (bytes0 + (row["live_ids"] - ids0) * slope)
              - row.get("redis_wal", 0) - (row["t"] - m_at0) * m_rate}
             if row.get("redis_used") is not None and row.get("live_ids") is not None else row for row in samples]
@@ -1456,8 +1458,8 @@ def assertions(cfg: Config, res: dict[str, Any]) -> list[dict[str, Any]]:
                  if floor and (served := window_requests(res)) else "")
               if growth is not None else str(m))
     markers = ((res.get("redis_census") or {}).get("load_end") or {}).get("kinds", {}).get("vecq:delivery")
-    if markers and "sampled" in markers:
-        window = Settings().redelivery_window_s
+    if markers and "sampled" in markers and res.get("delivery_retention"):
+        window = res["delivery_retention"]["window_s"]
         check("the write batches' done markers all expire, within the redelivery window (what the bookkeeping check "
               "leaves out of their growth is bounded)",
               markers["unexpiring"] == 0 and 0 < markers["max_ttl_s"] <= window,
